@@ -1,0 +1,1 @@
+"""Dynamics plugins: how internal values change given what agents expressed."""

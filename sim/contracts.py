@@ -1,0 +1,133 @@
+"""The contracts a plugin implements. Small on purpose: read these before writing one.
+
+Every plugin is a class with
+
+- ``Params``: a pydantic model of its parameters (strict: unknown keys are
+  errors; ranges live in the field types). The scenario's parameters for the
+  plugin are validated against it, with errors pointing at the file and line.
+- ``__init__(self, params)``: keeps the validated parameters, nothing else.
+  Plugins hold configuration, never run state: state and random generators are
+  passed in and the new state is returned.
+- one method that does the work, listed per kind below. It is vectorised over
+  worlds and agents: a Python loop over agents is a defect.
+
+Shapes: B worlds, N agents, K value dimensions, G groups (see ``sim.state``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from .state import Group, State, World
+
+
+class PluginParams(BaseModel):
+    """Base for a plugin's ``Params``: frozen, unknown keys forbidden."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(PluginParams):
+    """For plugins that take no parameters."""
+
+
+@runtime_checkable
+class Dynamics(Protocol):
+    """How internal values change given what agents expressed.
+
+    ``apply`` returns the new values ``[B, N, K]`` (a new tensor; the input is
+    not modified). It must keep values in [0, 1]. ``uses`` names the per-agent
+    parameters it reads (``confidence``, ``rate``, ``anchoring``), so a
+    scenario that sets one no listed dynamics uses can be told so.
+    Zealots are held fixed by the engine, not by each dynamics.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+    uses: ClassVar[tuple[str, ...]]
+
+    def apply(
+        self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
+        generator: torch.Generator,
+    ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One metric's observation at one step, shaped ``[B, S, D]``.
+
+    ``scopes`` labels axis 1 (group names, ``"all"`` for the whole population)
+    and ``dimensions`` labels axis 2 (value dimension names, or ``(None,)`` for
+    a metric that is not per dimension). The run log turns a reading into tidy
+    rows: world, step, metric, group, dimension, value.
+    """
+
+    metric: str
+    value: torch.Tensor
+    scopes: tuple[str, ...]
+    dimensions: tuple[str | None, ...] = (None,)
+
+
+@runtime_checkable
+class Metric(Protocol):
+    """An observer of the state.
+
+    ``observe(state, world, carry, generator)`` returns ``(readings, carry)``.
+    ``carry`` is the metric's memory between observations (``None`` at the
+    first call; a dict of tensors or numbers, saved in checkpoints). The
+    generator is the metrics' own, so observing never changes the dynamics.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+
+    def observe(
+        self, state: State, world: World, carry: Any, generator: torch.Generator,
+    ) -> tuple[list[Reading], Any]: ...
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """What a network generator is told: the population and where the scenario lives.
+
+    ``seed`` is an integer derived from the run's seed (pass it to networkx
+    generators); ``base_dir`` resolves relative file paths.
+    """
+
+    n: int
+    groups: tuple[Group, ...]
+    seed: int
+    base_dir: Path
+
+
+@runtime_checkable
+class NetworkGenerator(Protocol):
+    """Builds the graph of who can influence whom.
+
+    ``build(request)`` returns a ``networkx.Graph`` on nodes ``0..N-1`` or an
+    edge array ``[E, 2]`` of int64 node indices. Direction, self-loops and
+    duplicates are cleaned up by ``sim.network``.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+
+    def build(self, request: NetworkRequest) -> Any | np.ndarray: ...
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What a group's agents express at a step.
+
+    ``express(state, world, group, generator)`` returns ``[B, group.size, K]``
+    in [0, 1]: the value vector each agent of the group shows its partners.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+
+    def express(
+        self, state: State, world: World, group: Group, generator: torch.Generator,
+    ) -> torch.Tensor: ...

@@ -1,0 +1,130 @@
+"""The batched world: what every plugin receives.
+
+Shapes: B worlds, N agents, K value dimensions, G groups.
+
+- :class:`World` holds what does not change during a run (value space, groups,
+  network, per-agent parameters, initial values).
+- :class:`State` holds what a step changes (values, the active mask, the step).
+
+Groups are contiguous index ranges of the agent axis, in scenario order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .valuespace import ValueSpace
+
+
+@dataclass(frozen=True)
+class Group:
+    """A group of agents: rows ``start:stop`` of the agent axis."""
+
+    name: str
+    kind: str
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+@dataclass(frozen=True)
+class Network:
+    """Who can influence whom, as CSR shared by all worlds.
+
+    ``rowptr[i]:rowptr[i+1]`` indexes ``col`` for the neighbours of agent i.
+    The graph is symmetric (each undirected edge is stored in both rows),
+    has no self-loops and no duplicate edges.
+    """
+
+    n: int
+    rowptr: torch.Tensor  # [N + 1] int64
+    col: torch.Tensor  # [E] int64, E = 2 x number of undirected edges
+
+    @property
+    def num_edges(self) -> int:
+        """Number of undirected edges."""
+        return int(self.col.numel()) // 2
+
+    def degree(self) -> torch.Tensor:
+        return self.rowptr[1:] - self.rowptr[:-1]
+
+    def rows(self) -> torch.Tensor:
+        """Row index of every stored edge, aligned with ``col``."""
+        return torch.repeat_interleave(torch.arange(self.n, device=self.col.device), self.degree())
+
+    def to(self, device: torch.device | str) -> "Network":
+        return replace(self, rowptr=self.rowptr.to(device), col=self.col.to(device))
+
+
+@dataclass(frozen=True)
+class AgentParams:
+    """Per-agent parameters, each ``[B or 1, N]`` (a leading 1 broadcasts over worlds).
+
+    - ``confidence``: bounded-confidence radius epsilon in (0, 1];
+    - ``rate``: convergence rate mu in (0, 0.5];
+    - ``anchoring``: Friedkin-Johnsen weight lambda on the initial values, in [0, 1];
+    - ``zealot``: bool, the agent's values never change.
+    """
+
+    confidence: torch.Tensor
+    rate: torch.Tensor
+    anchoring: torch.Tensor
+    zealot: torch.Tensor
+
+    def to(self, device: torch.device | str) -> "AgentParams":
+        return AgentParams(*(getattr(self, f).to(device) for f in ("confidence", "rate", "anchoring", "zealot")))
+
+
+@dataclass(frozen=True)
+class World:
+    """What does not change during a run."""
+
+    space: ValueSpace
+    groups: tuple[Group, ...]
+    network: Network
+    params: AgentParams
+    initial: torch.Tensor  # [B, N, K] values at step 0
+    group_index: torch.Tensor  # [N] int64: the group of each agent
+
+    @property
+    def b(self) -> int:
+        return self.initial.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.initial.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.initial.shape[2]
+
+    @property
+    def device(self) -> torch.device:
+        return self.initial.device
+
+    def group(self, name: str) -> Group:
+        return next(g for g in self.groups if g.name == name)
+
+
+@dataclass
+class State:
+    """What a step changes: ``values`` [B, N, K] in [0, 1], ``active`` [B, N] bool, ``step``."""
+
+    values: torch.Tensor
+    active: torch.Tensor
+    step: int = 0
+    # Per-world step at which the world stopped changing (-1 while it still moves).
+    converged_at: torch.Tensor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.converged_at is None:
+            self.converged_at = torch.full((self.values.shape[0],), -1, dtype=torch.int64)
