@@ -94,6 +94,7 @@ class World:
     params: AgentParams
     initial: torch.Tensor  # [B, N, K] values at step 0
     group_index: torch.Tensor  # [N] int64: the group of each agent
+    honest: torch.Tensor  # [N] bool: the agent's policy shows its current values (dynamics read them live)
 
     @property
     def b(self) -> int:

@@ -1,0 +1,180 @@
+"""Pairwise bounded confidence: Deffuant–Weisbuch and algorithmic bias.
+
+One step draws ``pairs_per_agent * N`` interactions per world exactly as the
+sequential model draws them (a uniformly random focal agent meets a uniformly
+random neighbour, i.i.d.; see ``sim.pairing``) and applies them in order.
+In an interaction of agents i and j with distance d between i's values and
+what j shows:
+
+- if d < epsilon_i: x_i += mu_i (x_j - x_i)   (and symmetrically for j);
+- else, with a repulsion bound epsilon_r, if d > epsilon_r: x_i -= mu_i (x_j - x_i), clipped to [0, 1].
+
+Distances: ``l2`` is the Euclidean distance divided by sqrt(K), so that it lies
+in [0, 1] like epsilon whatever the number of dimensions; ``linf`` the largest
+difference on one dimension; ``per_dimension`` treats each dimension as its
+own opinion (a dimension moves when its own difference is within epsilon).
+
+Kernels: ``numba`` (compiled, CPU, worlds in parallel) and ``torch`` (rounds
+of disjoint pairs, any device) give the sequential model's result; ``auto``
+takes numba on the CPU and torch elsewhere.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from sim.contracts import PluginParams
+from sim.pairing import rounds, sample_pairs
+from sim.state import State, World
+
+METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
+
+
+class _PairwiseParams(PluginParams):
+    distance: Literal["l2", "linf", "per_dimension"] = "l2"
+    """How far apart two value vectors are (see the module docstring)."""
+    pairs_per_agent: Annotated[float, Field(gt=0)] = 1.0
+    """Interactions drawn per step, as a multiple of N (1 = one sweep, as an NDlib iteration)."""
+    repulsion: Annotated[float, Field(gt=0, le=1)] | None = None
+    """Second bound epsilon_r: agents further apart than this push each other away. None: no repulsion."""
+    kernel: Literal["auto", "numba", "torch"] = "auto"
+    """Which implementation applies the pairs; all give the same result."""
+
+
+def _shown_and_fixed(values: torch.Tensor, expressed: torch.Tensor, world: World):
+    """What each agent shows: its current values, or (``fixed``) a policy's expressed vector."""
+    fixed = ~world.honest
+    return (expressed if bool(fixed.any()) else values), fixed
+
+
+def _rates(world: World) -> torch.Tensor:
+    # A zealot's rate is zero inside the kernel, so it never moves mid-step either.
+    return torch.where(world.params.zealot, 0.0, world.params.rate).to(torch.float32)
+
+
+class Deffuant:
+    """Deffuant–Weisbuch bounded confidence, pairs drawn and applied as the sequential model does."""
+
+    Params: ClassVar = _PairwiseParams
+    uses: ClassVar[tuple[str, ...]] = ("confidence", "rate")
+
+    def __init__(self, params: _PairwiseParams):
+        self.params = params
+
+    def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
+              generator: torch.Generator) -> torch.Tensor:
+        count = max(1, round(self.params.pairs_per_agent * world.n))
+        active = None if bool(state.active.all()) else state.active
+        focal, partner = sample_pairs(world.network, world.b, count, generator, active)
+        return self.apply_pairs(values, expressed, world, focal, partner)
+
+    def apply_pairs(self, values, expressed, world: World, focal, partner) -> torch.Tensor:
+        """Apply given pairs ``[B, M]`` in order (the part the reference loop is tested against)."""
+        shown, fixed = _shown_and_fixed(values, expressed, world)
+        eps = world.params.confidence.to(torch.float32)
+        mu = _rates(world)
+        repulse = self.params.repulsion
+        metric = METRICS[self.params.distance]
+        if _use_numba(self.params.kernel, values):
+            from . import _numba
+
+            x = values.contiguous().clone()
+            shown_np = x.numpy() if shown is values else shown.contiguous().numpy()
+            _numba.deffuant(x.numpy(), shown_np, fixed.numpy(), focal.numpy(), partner.numpy(),
+                            eps.contiguous().numpy(), mu.contiguous().numpy(), metric,
+                            np.inf if repulse is None else float(repulse))
+            return x
+        return deffuant_torch(values, shown if shown is not values else None, fixed, focal, partner, eps, mu,
+                              metric, repulse)
+
+
+class AlgorithmicBias(Deffuant):
+    """Deffuant with biased partner choice: probability proportional to distance^-gamma (NDlib's model).
+
+    gamma = 0 is plain Deffuant. The partner depends on the current values, so
+    the draws of a world are applied one after another by a compiled CPU kernel
+    (on another device the values visit the CPU for this dynamics).
+    """
+
+    class Params(_PairwiseParams):
+        gamma: Annotated[float, Field(ge=0)] = 1.0
+        """Strength of the bias toward similar partners."""
+        min_distance: Annotated[float, Field(gt=0)] = 1e-5
+        """Distances below this count as this (keeps distance^-gamma finite)."""
+        kernel: Literal["auto", "numba"] = "auto"
+
+    def apply(self, values, expressed, state, world, generator):
+        count = max(1, round(self.params.pairs_per_agent * world.n))
+        device = values.device
+        focal = torch.randint(world.n, (world.b, count), generator=generator, device=device)
+        u = torch.rand((world.b, count), generator=generator, device=device, dtype=torch.float64)
+        return self.apply_draws(values, expressed, state, world, focal, u)
+
+    def apply_draws(self, values, expressed, state, world, focal, u):
+        """Apply focal draws and partner-choice uniforms ``[B, M]`` in order."""
+        from . import _numba
+
+        device = values.device
+        shown, fixed = _shown_and_fixed(values, expressed, world)
+        x = values.detach().to("cpu", copy=True).contiguous()
+        shown_np = x.numpy() if shown is values else shown.cpu().contiguous().numpy()
+        net = world.network.to("cpu")
+        repulse = self.params.repulsion
+        _numba.algorithmic_bias(
+            x.numpy(), shown_np, fixed.cpu().numpy(), state.active.cpu().numpy(), net.rowptr.numpy(),
+            net.col.numpy(), focal.cpu().numpy(), u.cpu().numpy(),
+            world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
+            _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],
+            np.inf if repulse is None else float(repulse), float(self.params.gamma),
+            float(self.params.min_distance))
+        return x.to(device)
+
+
+def _use_numba(kernel: str, values: torch.Tensor) -> bool:
+    if kernel == "numba" or (kernel == "auto" and values.device.type == "cpu"):
+        if values.device.type != "cpu":
+            raise ValueError("the numba kernel runs on the CPU; use kernel: torch (or auto) on other devices")
+        return True
+    return False
+
+
+def deffuant_torch(values, shown, fixed, focal, partner, eps, mu, metric: int, repulse) -> torch.Tensor:
+    """Torch kernel: rounds of disjoint pairs (``sim.pairing.rounds``), each applied at once."""
+    b, n, k = values.shape
+    x = values.clone().reshape(b * n, k)
+    shows = x if shown is None else shown.reshape(b * n, k)
+    fixed_flat = fixed.to(values.device).repeat(b)
+    eps_flat = eps.expand(b, n).reshape(-1)
+    mu_flat = mu.expand(b, n).reshape(-1)
+    for world, position in rounds(focal, partner, n):
+        i = world * n + focal[world, position]
+        j = world * n + partner[world, position]
+        xi, xj = x[i], x[j]
+        si = torch.where(fixed_flat[i, None], shows[i], xi) if shown is not None else xi
+        sj = torch.where(fixed_flat[j, None], shows[j], xj) if shown is not None else xj
+        x[i] = _move(xi, sj, eps_flat[i], mu_flat[i], metric, repulse)
+        x[j] = _move(xj, si, eps_flat[j], mu_flat[j], metric, repulse)
+    return x.reshape(b, n, k)
+
+
+def _move(own: torch.Tensor, other: torch.Tensor, eps, mu, metric: int, repulse) -> torch.Tensor:
+    """New values of agents with values ``own`` [P, K] meeting ``other`` [P, K]."""
+    diff64 = other.double() - own.double()
+    eps64 = eps.double()
+    k = own.shape[1]
+    if metric == 2:
+        dist, attract_at, repel_at = diff64.abs(), eps64[:, None], repulse
+    elif metric == 0:
+        dist = diff64.square().sum(1, keepdim=True)
+        attract_at, repel_at = eps64[:, None] ** 2 * k, None if repulse is None else repulse * repulse * k
+    else:
+        dist, attract_at, repel_at = diff64.abs().amax(1, keepdim=True), eps64[:, None], repulse
+    step = mu[:, None] * (other - own)
+    out = torch.where(dist < attract_at, own + step, own)
+    if repel_at is not None:
+        out = torch.where((dist >= attract_at) & (dist > repel_at), (own - step).clamp(0.0, 1.0), out)
+    return out

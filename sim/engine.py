@@ -1,0 +1,218 @@
+"""The one batched world engine.
+
+A :class:`Simulation` is a scenario built into tensors with a leading world
+axis B; the same step serves a single run, B replicates, a sweep, Shapley
+coalitions and RL environments. This docstring is the single place the step
+is written down. A step, in order:
+
+1. **Who interacts.** Under the ``influence`` protocol (the only one so far)
+   a pairwise dynamics draws its own pairs, because the sequential model it
+   reproduces draws pair and outcome together (``sim.pairing``); a
+   synchronous dynamics takes every agent's neighbourhood.
+2. **Expression.** Each group's policy produces what its agents show,
+   ``expressed[B, N, K]``. Agents whose policy shows their own current values
+   (``honest``) are read live by the dynamics, so nothing is computed for them.
+3. **Dynamics.** The scenario's dynamics update the internal values, in the
+   order listed. Zealots are held fixed.
+4. **Alignment rules** update AI groups' values (none are defined yet).
+5. **Metrics** observe (the runner asks at ``log_every``; the run log records).
+6. **Stop conditions**: the runner stops at ``steps``, or once no value moved
+   more than ``stop.tolerance`` in a step in any world.
+
+Nothing here knows about files or the terminal; ``sim.runner`` does the logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .contracts import Reading
+from .errors import ScenarioError
+from .network import build_network, edges_to_network
+from .population import agent_params, initial_values, layout
+from .rng import Generators
+from .scenario import Scenario, instantiate
+from .schema import PluginRef
+from .contracts import NetworkRequest
+from .state import State, World
+from . import registry
+
+
+class StepError(Exception):
+    """A plugin raised inside a step; says which plugin and which step."""
+
+
+@dataclass
+class Simulation:
+    """A built scenario: the world, its state, the plugins and the generators."""
+
+    scenario: Scenario
+    world: World
+    state: State
+    generators: Generators
+    dynamics: list[tuple[str, Any]]
+    policies: list[tuple[str, Any]]  # one per group, in group order
+    metrics: list[tuple[str, Any]]
+    metric_carry: list[Any]
+
+    @classmethod
+    def build(cls, scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
+              seed: int | None = None, network: np.ndarray | None = None) -> "Simulation":
+        """Build the world of ``scenario`` (B = ``worlds`` or the scenario's ``worlds``) on ``device``.
+
+        ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
+        for benchmarks that give several tools the very same graph.
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ScenarioError("--device cuda was asked for, but this torch build sees no CUDA device "
+                                "(see the README for installing a CUDA build of torch)")
+        spec = scenario.spec
+        b = worlds or spec.worlds
+        gens = Generators.from_seed(spec.seed if seed is None else seed, device)
+        groups = layout(scenario)
+        n = groups[-1].stop
+        if network is None:
+            net = _scenario_network(scenario, groups, gens.network_seed)
+        else:
+            net = edges_to_network(n, network)
+        init = initial_values(scenario, b, gens.population)
+        params = agent_params(scenario, b, gens.population)
+        policies = [(g.policy.name, instantiate("policies", g.policy)) for g in spec.population]
+        honest = torch.cat([torch.full((grp.size,), getattr(p, "expresses_own_values", False), dtype=torch.bool)
+                            for grp, (_, p) in zip(groups, policies)])
+        group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
+        world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
+                      initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device))
+        state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
+        dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
+        _check_parameters_used(scenario, [d for _, d in dynamics])
+        return cls(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
+                   policies=policies,
+                   metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
+                   metric_carry=[None] * len(spec.metrics))
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self) -> None:
+        """Advance every world by one step (see the module docstring)."""
+        state, world = self.state, self.world
+        before = state.values
+        expressed = self._express()
+        values = before
+        for name, dynamics in self.dynamics:
+            try:
+                values = dynamics.apply(values, expressed, state, world, self.generators.dynamics)
+            except Exception as exc:
+                raise StepError(f"step {state.step + 1}: dynamics {name!r} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+        if bool(world.params.zealot.any()):
+            values = torch.where(world.params.zealot[..., None], before, values)
+        state.values = values
+        state.step += 1
+        self._note_convergence(before, values)
+
+    def advance(self, steps: int) -> None:
+        """Run ``steps`` steps without observing or logging."""
+        for _ in range(steps):
+            self.step()
+
+    def _express(self) -> torch.Tensor:
+        if bool(self.world.honest.all()):
+            return self.state.values
+        parts = []
+        for group, (name, policy) in zip(self.world.groups, self.policies):
+            try:
+                parts.append(policy.express(self.state, self.world, group, self.generators.policies))
+            except Exception as exc:
+                raise StepError(f"step {self.state.step + 1}: policy {name!r} of group {group.name!r} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+        return torch.cat(parts, dim=1)
+
+    def _note_convergence(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        tol = self.scenario.spec.stop.tolerance
+        if tol is None:
+            return
+        moved = (after - before).abs().amax(dim=(1, 2)).cpu()
+        newly = (moved <= tol) & (self.state.converged_at < 0)
+        self.state.converged_at[newly] = self.state.step
+
+    @property
+    def converged(self) -> bool:
+        """Every world has had a step in which no value moved more than ``stop.tolerance``."""
+        return self.scenario.spec.stop.tolerance is not None and bool((self.state.converged_at >= 0).all())
+
+    # ------------------------------------------------------------------ observing
+
+    def observe(self) -> list[Reading]:
+        """Run every metric on the current state (updating their carries)."""
+        readings: list[Reading] = []
+        for index, (name, metric) in enumerate(self.metrics):
+            try:
+                out, self.metric_carry[index] = metric.observe(
+                    self.state, self.world, self.metric_carry[index], self.generators.metrics)
+            except Exception as exc:
+                raise StepError(f"step {self.state.step}: metric {name!r} raised {type(exc).__name__}: {exc}") \
+                    from exc
+            readings.extend(out)
+        return readings
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything a resumed run needs beyond the scenario and seed (which rebuild the world)."""
+        return {
+            "step": self.state.step,
+            "values": self.state.values.cpu(),
+            "active": self.state.active.cpu(),
+            "converged_at": self.state.converged_at.clone(),
+            "generators": self.generators.state_dict(),
+            "metric_carry": self.metric_carry,
+            "fingerprint": self.fingerprint(),
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        if snap["fingerprint"] != self.fingerprint():
+            raise ScenarioError("the checkpoint does not belong to this world (its initial values or network "
+                                "differ: was a file the scenario reads changed?)")
+        device = self.world.device
+        self.state = State(values=snap["values"].to(device), active=snap["active"].to(device), step=snap["step"],
+                           converged_at=snap["converged_at"])
+        self.generators.load_state_dict(snap["generators"])
+        self.metric_carry = snap["metric_carry"]
+
+    def fingerprint(self) -> list[float]:
+        """A cheap checksum of the built world, to refuse resuming onto a different one."""
+        w = self.world
+        return [float(w.initial.double().sum()), float(w.network.col.double().sum()), float(w.n), float(w.b)]
+
+
+def _scenario_network(scenario: Scenario, groups, seed: int):
+    spec = scenario.spec.network
+    generator = instantiate("networks", PluginRef(name=spec.generator, params=spec.params))
+    request = NetworkRequest(n=groups[-1].stop, groups=groups, seed=seed, base_dir=scenario.base_dir)
+    try:
+        return build_network(generator, request)
+    except ScenarioError as exc:
+        if exc.location is None and exc.path:
+            raise scenario.error(exc.path, exc.message) from None
+        raise
+
+
+def _check_parameters_used(scenario: Scenario, dynamics: list[Any]) -> None:
+    """A per-agent parameter set in the scenario but read by no listed dynamics is an error."""
+    used = set()
+    for plugin in dynamics:
+        used.update(getattr(plugin, "uses", ()))
+    for i, group in enumerate(scenario.spec.population):
+        for name in ("confidence", "rate", "anchoring"):
+            if name in group.model_fields_set and name not in used:
+                users = [n for n in registry.names("dynamics") if name in getattr(registry.get("dynamics", n),
+                                                                                  "uses", ())]
+                raise scenario.error(
+                    f"population[{i}].{name}",
+                    f"is set, but no listed dynamics uses it (add one of: {', '.join(users)})")

@@ -1,0 +1,146 @@
+"""Populations: groups of agents laid out as contiguous rows, with initial values and parameters.
+
+Initial values and per-agent parameters are drawn per world (B replicates
+differ) from the population stream. A parameter that is constant everywhere
+stays ``[1, N]`` and broadcasts over worlds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .distributions import Constant, DimResolver, Normal
+from .errors import ScenarioError
+from .scenario import Scenario
+from .schema import FileInit, GroupSpec, ProfileInit
+from .state import AgentParams, Group
+
+# Allowed ranges of per-agent parameters; normal draws are clipped into them.
+PARAM_RANGES = {"confidence": (1e-6, 1.0), "rate": (1e-6, 0.5), "anchoring": (0.0, 1.0)}
+
+
+def layout(scenario: Scenario) -> tuple[Group, ...]:
+    """Groups as contiguous row ranges, in scenario order."""
+    groups, start = [], 0
+    for spec in scenario.spec.population:
+        groups.append(Group(spec.name, spec.kind, start, start + spec.count))
+        start += spec.count
+    return tuple(groups)
+
+
+def initial_values(scenario: Scenario, worlds: int, generator: torch.Generator) -> torch.Tensor:
+    """``[B, N, K]`` float32 initial values in [0, 1]."""
+    dims = tuple(scenario.spec.values.dimensions)
+    parts = []
+    for i, spec in enumerate(scenario.spec.population):
+        where = f"population[{i}].init"
+        parts.append(_group_values(scenario, spec, worlds, dims, generator, where))
+    return torch.cat(parts, dim=1).clamp_(0.0, 1.0).to(torch.float32)
+
+
+def _group_values(scenario, spec: GroupSpec, worlds, dims, generator, where) -> torch.Tensor:
+    shape = (worlds, spec.count, len(dims))
+    init = spec.init
+    if isinstance(init, FileInit):
+        table = read_values_file(scenario, init.file, spec.count, dims, f"{where}.file")
+        return torch.from_numpy(table).to(torch.float64).expand(shape).clone()
+    if isinstance(init, ProfileInit):
+        profile = read_profile(scenario, init.profile, dims, f"{where}.profile")
+        noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return profile + init.spread * noise
+    try:
+        return init.sample(shape, generator, DimResolver(dims))
+    except ValueError as exc:
+        raise scenario.error(where, str(exc)) from None
+
+
+def agent_params(scenario: Scenario, worlds: int, generator: torch.Generator) -> AgentParams:
+    """Per-agent parameters, each ``[B or 1, N]``."""
+    specs = scenario.spec.population
+    out = {}
+    for name, (low, high) in PARAM_RANGES.items():
+        dists = [getattr(s, name) for s in specs]
+        varies = any(not isinstance(d, Constant) for d in dists)
+        rows = worlds if varies else 1
+        parts = [d.sample((rows, s.count), generator, DimResolver(None)) for d, s in zip(dists, specs)]
+        value = torch.cat(parts, dim=1)
+        if any(isinstance(d, Normal) for d in dists):
+            value = value.clamp(low, high)
+        out[name] = value.to(torch.float32)
+    out["zealot"] = _zealots(specs, worlds, generator)
+    return AgentParams(**out)
+
+
+def _zealots(specs: list[GroupSpec], worlds: int, generator: torch.Generator) -> torch.Tensor:
+    """Exactly round(share x count) zealots per group, a fresh random choice in each world."""
+    if not any(s.zealots > 0 for s in specs):
+        return torch.zeros((1, sum(s.count for s in specs)), dtype=torch.bool)
+    parts = []
+    for s in specs:
+        chosen = torch.zeros((worlds, s.count), dtype=torch.bool)
+        howmany = round(s.zealots * s.count)
+        if howmany:
+            order = torch.rand((worlds, s.count), generator=generator).argsort(dim=1)
+            chosen.scatter_(1, order[:, :howmany], True)
+        parts.append(chosen)
+    return torch.cat(parts, dim=1)
+
+
+def read_values_file(scenario: Scenario, name: str, count: int, dims: tuple[str, ...], where: str) -> np.ndarray:
+    """A ``count x K`` table of initial values from csv / parquet / npy (columns named by dimension, or in order)."""
+    path = (scenario.base_dir / name)
+    if not path.is_file():
+        raise scenario.error(where, f"file not found: {name} (resolved to {path})")
+    try:
+        if path.suffix == ".npy":
+            table = np.load(path, allow_pickle=False)
+        else:
+            import pandas as pd
+
+            frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+            cols = [d for d in dims if d in frame.columns]
+            table = frame[cols].to_numpy() if len(cols) == len(dims) else frame.to_numpy()
+    except Exception as exc:  # unreadable data file: say which and why
+        raise scenario.error(where, f"cannot read {name}: {exc}") from None
+    table = np.asarray(table, dtype=np.float64)
+    if table.ndim == 1 and len(dims) == 1:
+        table = table[:, None]
+    if table.shape != (count, len(dims)):
+        raise scenario.error(where, f"{name} holds a {'x'.join(map(str, table.shape))} table; "
+                                    f"the group needs {count} rows x {len(dims)} value columns")
+    if not np.isfinite(table).all() or table.min() < 0 or table.max() > 1:
+        raise scenario.error(where, f"{name}: values must be numbers in [0, 1]")
+    return table
+
+
+def agents_dir(scenario: Scenario) -> Path:
+    """``agents/`` beside the scenario's folder or above it (the project layout), else in the working directory."""
+    for base in (scenario.base_dir, *scenario.base_dir.parents):
+        if (base / "agents").is_dir():
+            return base / "agents"
+    return Path.cwd() / "agents"
+
+
+def read_profile(scenario: Scenario, name: str, dims: tuple[str, ...], where: str) -> torch.Tensor:
+    """The value profile of ``agents/<name>.yaml`` in the scenario's value space, ``[K]``."""
+    path = agents_dir(scenario) / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        from .registry import unknown_name_message
+
+        raise scenario.error(where, unknown_name_message("agent profile", name, known))
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    spaces = data.get("values", {})
+    space = scenario.spec.values.name
+    profile = spaces.get(space) if isinstance(spaces, dict) else None
+    if not isinstance(profile, dict):
+        have = ", ".join(spaces) if isinstance(spaces, dict) else "none"
+        raise scenario.error(where, f"agents/{name}.yaml has no profile in value space {space!r} (it has: {have})")
+    try:
+        return DimResolver(dims)(profile)
+    except ValueError as exc:
+        raise ScenarioError(f"agents/{name}.yaml values.{space}: {exc}", location=str(path)) from None

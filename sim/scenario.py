@@ -1,0 +1,229 @@
+"""Loading a scenario: YAML -> validated, resolved :class:`Scenario`.
+
+Validation happens in two passes, both reported the same way
+(``file:line path: message``): the schema (``sim.schema``), then each plugin
+the scenario names, looked up in the registry and its parameters validated
+against the plugin's own ``Params``. The result holds the validated
+parameters with every default filled in, which is what the run log writes
+back as ``scenario.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from . import registry
+from .errors import PluginError, ScenarioError
+from .schema import PluginRef, ScenarioSpec
+from .yamlsource import Source, apply_overrides, format_path, parse_yaml, read_yaml
+from .valuespace import ValueSpace
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario: ``spec`` (the schema object), where it came from, and where to resolve paths."""
+
+    spec: ScenarioSpec
+    source: Source
+    base_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def space(self) -> ValueSpace:
+        return ValueSpace(self.spec.values.name, tuple(self.spec.values.dimensions))
+
+    def locate(self, path: str | tuple) -> str:
+        """``file:line`` of a dotted path such as ``network.params.path``."""
+        if isinstance(path, str):
+            path = tuple(int(p) if p.isdigit() else p for p in re.split(r"\.|\[|\]\.?", path) if p)
+        return self.source.locate(path)
+
+    def error(self, path: str, message: str) -> ScenarioError:
+        return ScenarioError(message, location=self.locate(path), path=path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved scenario (defaults filled in), as plain YAML-ready data."""
+        data = self.spec.model_dump(mode="json", exclude_none=True)
+        data["values"] = (self.spec.values.name if self.spec.values.name != "custom"
+                          else list(self.spec.values.dimensions))
+        data["dynamics"] = [ref.as_yaml() for ref in self.spec.dynamics]
+        data["metrics"] = [ref.as_yaml() for ref in self.spec.metrics]
+        for group, raw in zip(self.spec.population, data["population"]):
+            raw["policy"] = group.policy.as_yaml()
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read, override (``dotted.key=value``), validate and resolve a scenario file."""
+    path = Path(path)
+    source = read_yaml(path)
+    return _build(source, overrides, path.resolve().parent)
+
+
+def scenario_from_dict(data: dict[str, Any], overrides=(), base_dir: str | Path = ".") -> Scenario:
+    """Validate a scenario given as a Python mapping (as it would be read from YAML)."""
+    source = Source(data=copy.deepcopy(data), name="<dict>")
+    return _build(source, overrides, Path(base_dir).resolve())
+
+
+def scenario_from_yaml(text: str, name: str = "<string>", base_dir: str | Path = ".") -> Scenario:
+    return _build(parse_yaml(text, name), (), Path(base_dir).resolve())
+
+
+def _build(source: Source, overrides, base_dir: Path) -> Scenario:
+    if not isinstance(source.data, dict):
+        raise ScenarioError(f"a scenario must be a mapping of keys, got {type(source.data).__name__}",
+                            location=source.locate(()))
+    apply_overrides(source, list(overrides))
+    try:
+        spec = ScenarioSpec.model_validate(source.data)
+    except ValidationError as exc:
+        raise _scenario_error(exc, source, ()) from None
+    spec = _resolve_plugins(spec, source)
+    return Scenario(spec=spec, source=source, base_dir=base_dir)
+
+
+# ---------------------------------------------------------------- plugins
+
+
+def _resolve_plugins(spec: ScenarioSpec, source: Source) -> ScenarioSpec:
+    network = spec.network.model_copy(update={"params": _plugin_params(
+        "networks", spec.network.generator, spec.network.params, ("network", "generator"),
+        ("network", "params"), source)})
+    dynamics = [_resolve_ref("dynamics", ref, ("dynamics", i), source) for i, ref in enumerate(spec.dynamics)]
+    metrics = [_resolve_ref("metrics", ref, ("metrics", i), source) for i, ref in enumerate(spec.metrics)]
+    population = [g.model_copy(update={"policy": _resolve_ref("policies", g.policy, ("population", i, "policy"),
+                                                              source)})
+                  for i, g in enumerate(spec.population)]
+    return spec.model_copy(update={"network": network, "dynamics": dynamics, "metrics": metrics,
+                                   "population": population})
+
+
+def _resolve_ref(kind: str, ref: PluginRef, path: tuple, source: Source) -> PluginRef:
+    params_path = path + (ref.name,) if _is_mapping_entry(source, path) else path
+    return PluginRef(name=ref.name, params=_plugin_params(kind, ref.name, ref.params, path, params_path, source))
+
+
+def _is_mapping_entry(source: Source, path: tuple) -> bool:
+    node: Any = source.data
+    for part in path:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return isinstance(node, dict)
+
+
+def _plugin_params(kind: str, name: str, params: dict, name_path: tuple, params_path: tuple,
+                   source: Source) -> dict[str, Any]:
+    try:
+        cls = registry.get(kind, name)
+    except PluginError as exc:
+        raise ScenarioError(str(exc), location=source.locate(name_path), path=format_path(name_path)) from None
+    try:
+        validated: BaseModel = cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise _scenario_error(exc, source, params_path) from None
+    return validated.model_dump(mode="json")
+
+
+def instantiate(kind: str, ref: PluginRef) -> Any:
+    """Build a plugin object from a resolved reference."""
+    cls = registry.get(kind, ref.name)
+    return cls(cls.Params.model_validate(ref.params))
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def _scenario_error(exc: ValidationError, source: Source, prefix: tuple) -> ScenarioError:
+    err = exc.errors(include_url=False)[0]
+    path = _real_path(source.data, prefix, err["loc"])
+    ctx = err.get("ctx") or {}
+    if err["type"] == "unknown_key":
+        path = path + (ctx["key"],)
+    return ScenarioError(_message(err), location=source.locate(path), path=format_path(path) or None)
+
+
+def _real_path(data: Any, prefix: tuple, loc: tuple) -> tuple:
+    """The part of pydantic's ``loc`` that exists in the document (union tags dropped), after ``prefix``.
+
+    A key that is missing from the document is kept (so the path names it)
+    only when it is the last part of ``loc``.
+    """
+    node = data
+    for part in prefix:
+        node = node[part] if isinstance(node, (dict, list)) else None
+    path = list(prefix)
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+            path.append(part)
+        elif i == len(loc) - 1 and isinstance(node, dict) and isinstance(part, str):
+            path.append(part)
+    return tuple(path)
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "string_type": "a string",
+    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list",
+    "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
+}
+_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
+           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+
+
+def _given(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip() \
+        .removesuffix("...").strip()
+
+
+def _message(err: dict) -> str:
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    if kind == "missing":
+        return "is required but missing"
+    if kind in _TYPE_WORDS:
+        return f"must be {_TYPE_WORDS[kind]}, got {_given(given)}"
+    if kind in _BOUNDS:
+        key, sign = _BOUNDS[kind]
+        return f"must be {sign} {ctx[key]}, got {_given(given)}"
+    if kind == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        return _choice_message(given, allowed)
+    if kind == "union_tag_invalid":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        return "unknown distribution " + _choice_message(ctx.get("tag"), allowed, prefix=False)
+    if kind == "string_pattern_mismatch":
+        return f"must be a name of letters, digits, '_' or '-', got {_given(given)}"
+    if kind in ("too_short", "too_long"):
+        return f"{err['msg'][0].lower()}{err['msg'][1:]}"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return err["msg"]
+
+
+def _choice_message(given: Any, allowed: list[str], prefix: bool = True) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(given), allowed, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    head = f"must be one of {', '.join(allowed)}, got " if prefix else ""
+    tail = "" if prefix else f" (allowed: {', '.join(allowed)})"
+    return f"{head}{_given(given)}{hint}{tail}"

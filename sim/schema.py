@@ -1,0 +1,261 @@
+"""The scenario schema: frozen, typed, strict (unknown keys are errors).
+
+Ranges live in the types, and every range error reads the same way:
+``must be in (0, 1], got 1.5``. See ``scenarios/README.md`` for a guided tour.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .distributions import Constant, Distribution, Uniform
+from .valuespace import BUILTIN_SPACES
+
+GROUP_KINDS = ("human", "llm", "ai", "rl")
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
+
+
+class Strict(BaseModel):
+    """Frozen; an unknown key is an error that names the nearest allowed key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = [name for name in cls.model_fields]
+            for key in data:
+                if key not in allowed:
+                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    raise PydanticCustomError(
+                        "unknown_key", "unknown key {key!r}{hint} (allowed: {allowed})",
+                        {"key": key, "hint": hint, "allowed": ", ".join(allowed)},
+                    )
+        return data
+
+
+# ---------------------------------------------------------------- per-agent parameters
+
+
+def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _number_is_constant(value: Any) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return {"dist": "constant", "value": value}
+    return value
+
+
+def _in_range(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """An after-validator: every value the distribution can give lies in the interval."""
+
+    def check(dist: Any) -> Any:
+        interval = _interval(low, high, low_open, high_open)
+        for name in ("value", "low", "high", "mean"):
+            v = getattr(dist, name, 0.0)
+            if not isinstance(v, (int, float)):
+                raise PydanticCustomError("scalar", "{name} must be a single number for a per-agent parameter",
+                                          {"name": name})
+        lo, hi = dist.support()
+        if dist.dist == "normal":  # clipped into the interval when sampled
+            lo = hi = dist.mean
+        bad = lo < low or hi > high or (low_open and lo <= low) or (high_open and hi >= high)
+        if bad:
+            given = f"{lo:g}" if dist.dist == "constant" else f"{dist.dist} on [{lo:g}, {hi:g}]"
+            raise PydanticCustomError("range", "must be in {interval}, got {given}",
+                                      {"interval": interval, "given": given})
+        return dist
+
+    return check
+
+
+def AgentParam(low: float, high: float, low_open: bool = False, high_open: bool = False):
+    """A per-agent parameter: a number or a distribution, within [low, high] (open ends as given)."""
+    return Annotated[Distribution, BeforeValidator(_number_is_constant),
+                     AfterValidator(_in_range(low, high, low_open, high_open))]
+
+
+def _unit_float(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise PydanticCustomError("range", "must be in [0, 1], got {given}", {"given": f"{value:g}"})
+    return value
+
+
+UnitFloat = Annotated[float, AfterValidator(_unit_float)]
+
+
+# ---------------------------------------------------------------- initial values
+
+
+class FileInit(Strict):
+    """Initial values read from a file with one row per agent and one column per dimension (csv, parquet, npy)."""
+
+    file: str
+
+
+class ProfileInit(Strict):
+    """Initial values around the value profile of ``agents/<profile>.yaml``, with Gaussian ``spread``."""
+
+    profile: str
+    spread: Annotated[float, Field(ge=0)] = 0.05
+
+
+def _init_kind(value: Any) -> str | None:
+    for key in ("dist", "file", "profile"):
+        if (key in value) if isinstance(value, dict) else hasattr(value, key):
+            return key
+    return None
+
+
+InitSpec = Annotated[
+    Union[Annotated[Distribution, Tag("dist")], Annotated[FileInit, Tag("file")],
+          Annotated[ProfileInit, Tag("profile")]],
+    Discriminator(_init_kind, custom_error_type="init_kind",
+                  custom_error_message="needs one of the keys 'dist', 'file' or 'profile'"),
+]
+
+
+# ---------------------------------------------------------------- plugins named in a scenario
+
+
+class PluginRef(BaseModel):
+    """A plugin named in a scenario, written ``name`` or ``{name: {param: value}}``.
+
+    After loading, ``params`` holds the validated parameters with defaults filled in.
+    """
+
+    model_config = ConfigDict(frozen=True)
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data, "params": {}}
+        if isinstance(data, dict) and not ("name" in data and set(data) <= {"name", "params"}):
+            if len(data) != 1:
+                raise PydanticCustomError(
+                    "plugin_ref", "must be a plugin name or a one-key mapping {{name: {{params}}}}, got keys {keys}",
+                    {"keys": ", ".join(map(str, data))})
+            (name, params), = data.items()
+            if params is not None and not isinstance(params, dict):
+                raise PydanticCustomError("plugin_params", "parameters of {name!r} must be a mapping, got {given!r}",
+                                          {"name": name, "given": params})
+            return {"name": str(name), "params": params or {}}
+        return data
+
+    def as_yaml(self) -> Any:
+        return {self.name: dict(self.params)}
+
+
+# ---------------------------------------------------------------- the scenario
+
+
+class GroupSpec(Strict):
+    """A population group: ``count`` agents of one ``kind`` with their initial values and parameters."""
+
+    name: Identifier
+    kind: Literal["human", "llm", "ai", "rl"] = "human"
+    count: Annotated[int, Field(ge=1)]
+    init: InitSpec = Uniform(dist="uniform", low=0.0, high=1.0)
+    confidence: AgentParam(0.0, 1.0, low_open=True) = Constant(value=0.2)
+    rate: AgentParam(0.0, 0.5, low_open=True) = Constant(value=0.5)
+    anchoring: AgentParam(0.0, 1.0) = Constant(value=0.0)
+    zealots: UnitFloat = 0.0
+    policy: PluginRef = PluginRef(name="honest")
+
+
+class NetworkSpec(Strict):
+    """The influence network: a generator plugin and its parameters (``file`` reads a graph file)."""
+
+    generator: str = "complete"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class StopSpec(Strict):
+    """When to stop before ``steps``: ``tolerance`` stops once no value moved more than it in a step (every world)."""
+
+    tolerance: Annotated[float, Field(gt=0)] | None = None
+
+
+class LogSpec(Strict):
+    """What the run log keeps.
+
+    ``values_every``: steps between value snapshots (default: ``log_every``).
+    ``values_max_agents``: every agent is kept up to this many per world, a seeded sample beyond it.
+    ``checkpoint_every``: steps between checkpoints (default: 10 x ``log_every``).
+    """
+
+    values_every: Annotated[int, Field(ge=1)] | None = None
+    values_max_agents: Annotated[int, Field(ge=0)] = 10_000
+    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+
+
+class ValueSpaceSpec(Strict):
+    name: str = "custom"
+    dimensions: Annotated[list[Identifier], Field(min_length=1)]
+
+
+def _value_space(value: Any) -> Any:
+    if isinstance(value, str):
+        if value not in BUILTIN_SPACES:
+            close = difflib.get_close_matches(value, list(BUILTIN_SPACES), n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PydanticCustomError(
+                "value_space", "unknown value space {given!r}{hint} (built-in: {known}; or a list of dimension names)",
+                {"given": value, "hint": hint, "known": ", ".join(BUILTIN_SPACES)})
+        return {"name": value, "dimensions": list(BUILTIN_SPACES[value])}
+    if isinstance(value, list):
+        return {"name": "custom", "dimensions": value}
+    return value
+
+
+def _unique_dimensions(spec: ValueSpaceSpec) -> ValueSpaceSpec:
+    dupes = sorted({d for d in spec.dimensions if spec.dimensions.count(d) > 1})
+    if dupes:
+        raise PydanticCustomError("duplicate", "dimension {name!r} is listed twice", {"name": dupes[0]})
+    return spec
+
+
+class ScenarioSpec(Strict):
+    """One simulation, as written in a scenario file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+    description: str = ""
+    seed: Annotated[int, Field(ge=0)] = 0
+    steps: Annotated[int, Field(ge=0)] = 100
+    log_every: Annotated[int, Field(ge=1)] = 1
+    worlds: Annotated[int, Field(ge=1)] = 1
+    values: Annotated[ValueSpaceSpec, BeforeValidator(_value_space), AfterValidator(_unique_dimensions)] = \
+        ValueSpaceSpec(name="schwartz10", dimensions=list(BUILTIN_SPACES["schwartz10"]))
+    network: NetworkSpec = NetworkSpec()
+    population: Annotated[list[GroupSpec], Field(min_length=1)]
+    dynamics: list[PluginRef] = Field(default_factory=lambda: [PluginRef(name="deffuant")])
+    metrics: list[PluginRef] = Field(
+        default_factory=lambda: [PluginRef(name=m) for m in ("mean_values", "drift", "polarization", "clusters")])
+    stop: StopSpec = StopSpec()
+    log: LogSpec = LogSpec()
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> "ScenarioSpec":
+        seen: set[str] = set()
+        for i, group in enumerate(self.population):
+            if group.name in seen:
+                raise PydanticCustomError("duplicate_group", "population[{i}]: group name {name!r} is used twice",
+                                          {"i": i, "name": group.name})
+            seen.add(group.name)
+        return self
+
+    @property
+    def num_agents(self) -> int:
+        return sum(g.count for g in self.population)
