@@ -138,13 +138,14 @@ class _progress:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
-        self.bar.start()
+        bar = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       console=Console(stderr=True), transient=False)
 
         def update(step: int, total: int) -> None:
-            if self.task is None:
-                self.task = self.bar.add_task("run", total=total, completed=step)
+            if self.task is None:  # started on the first step, so a bad input prints no empty bar
+                self.bar = bar
+                bar.start()
+                self.task = bar.add_task("run", total=total, completed=step)
             self.bar.update(self.task, completed=step, total=total)
 
         return update

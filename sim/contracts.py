@@ -22,15 +22,15 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
+
+from .schema import Strict
 
 from .state import Group, State, World
 
 
-class PluginParams(BaseModel):
-    """Base for a plugin's ``Params``: frozen, unknown keys forbidden."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class PluginParams(Strict):
+    """Base for a plugin's ``Params``: frozen; an unknown key is an error naming the nearest allowed one."""
 
 
 class NoParams(PluginParams):

@@ -132,7 +132,7 @@ def read_profile(scenario: Scenario, name: str, dims: tuple[str, ...], where: st
         known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         from .registry import unknown_name_message
 
-        raise scenario.error(where, unknown_name_message("agent profile", name, known))
+        raise scenario.error(where, unknown_name_message("agent profile", name, known, f"profiles in {path.parent}"))
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     spaces = data.get("values", {})
     space = scenario.spec.values.name

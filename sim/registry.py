@@ -58,11 +58,16 @@ def names(kind: str) -> list[str]:
     return sorted(entry_points(kind))
 
 
-def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
-    """'unknown dynamics 'defuant'; did you mean 'deffuant'? Known: ...'."""
+SINGULAR = {"policies": "policy", "networks": "network generator", "metrics": "metric",
+            "alignment_rules": "alignment rule", "llm_backends": "LLM backend", "value_readers": "value reader",
+            "protocols": "protocol", "trainers": "trainer", "executors": "executor", "dynamics": "dynamics"}
+
+
+def unknown_name_message(kind: str, name: str, known: list[str], where: str = "installed") -> str:
+    """"unknown dynamics 'defuant'; did you mean 'deffuant'? (installed: ...)"."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (known: {', '.join(known) or 'none installed'})"
+    return f"unknown {SINGULAR.get(kind, kind)} {name!r}{hint} ({where}: {', '.join(known) or 'none'})"
 
 
 def get(kind: str, name: str) -> Any:

@@ -36,7 +36,7 @@ class Strict(BaseModel):
                     close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     raise PydanticCustomError(
-                        "unknown_key", "unknown key {key!r}{hint} (allowed: {allowed})",
+                        "unknown_key", "unknown key '{key}'{hint} (allowed: {allowed})",
                         {"key": key, "hint": hint, "allowed": ", ".join(allowed)},
                     )
         return data
@@ -149,7 +149,7 @@ class PluginRef(BaseModel):
                     {"keys": ", ".join(map(str, data))})
             (name, params), = data.items()
             if params is not None and not isinstance(params, dict):
-                raise PydanticCustomError("plugin_params", "parameters of {name!r} must be a mapping, got {given!r}",
+                raise PydanticCustomError("plugin_params", "parameters of '{name}' must be a mapping, got {given}",
                                           {"name": name, "given": params})
             return {"name": str(name), "params": params or {}}
         return data
@@ -212,7 +212,7 @@ def _value_space(value: Any) -> Any:
             close = difflib.get_close_matches(value, list(BUILTIN_SPACES), n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise PydanticCustomError(
-                "value_space", "unknown value space {given!r}{hint} (built-in: {known}; or a list of dimension names)",
+                "value_space", "unknown value space '{given}'{hint} (built-in: {known}; or a list of dimension names)",
                 {"given": value, "hint": hint, "known": ", ".join(BUILTIN_SPACES)})
         return {"name": value, "dimensions": list(BUILTIN_SPACES[value])}
     if isinstance(value, list):
@@ -223,7 +223,7 @@ def _value_space(value: Any) -> Any:
 def _unique_dimensions(spec: ValueSpaceSpec) -> ValueSpaceSpec:
     dupes = sorted({d for d in spec.dimensions if spec.dimensions.count(d) > 1})
     if dupes:
-        raise PydanticCustomError("duplicate", "dimension {name!r} is listed twice", {"name": dupes[0]})
+        raise PydanticCustomError("duplicate", "dimension '{name}' is listed twice", {"name": dupes[0]})
     return spec
 
 
@@ -251,7 +251,7 @@ class ScenarioSpec(Strict):
         seen: set[str] = set()
         for i, group in enumerate(self.population):
             if group.name in seen:
-                raise PydanticCustomError("duplicate_group", "population[{i}]: group name {name!r} is used twice",
+                raise PydanticCustomError("duplicate_group", "population[{i}]: group name '{name}' is used twice",
                                           {"i": i, "name": group.name})
             seen.add(group.name)
         return self
