@@ -18,8 +18,6 @@ import math
 import numpy as np
 import torch
 from pydantic import Field
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from sim.contracts import NoParams, PluginParams, Reading
 from sim.state import State, World
@@ -273,17 +271,30 @@ def _sample_rows(b: int, n: int, active: torch.Tensor | None, sample: int, gener
 
 
 def _components(points: torch.Tensor, valid: torch.Tensor, radius: float) -> np.ndarray:
-    """Connected-component label of each point [B, s] under links of length <= radius."""
+    """Connected-component label of each point [B, s] under links of length <= radius.
+
+    Min-label propagation with pointer jumping on the dense link matrix: each
+    round is one pass over s x s booleans, and tight clusters (the common case
+    late in a run, when an edge list would hold nearly s^2 links) settle in a
+    few rounds.
+    """
     b, s, _ = points.shape
-    edges = []
+    out = []
     for world in range(b):  # one s x s distance matrix at a time
         d = torch.cdist(points[world], points[world], compute_mode="donot_use_mm_for_euclid_dist")
-        link = (d <= radius) & valid[world][:, None] & valid[world][None, :]
-        edges.append(torch.nonzero(link).cpu() + world * s)
-    edges = torch.cat(edges).numpy()
-    ones = np.ones(len(edges), dtype=np.int8)
-    graph = coo_matrix((ones, (edges[:, 0], edges[:, 1])), shape=(b * s, b * s))
-    return connected_components(graph, directed=False)[1].reshape(b, s)
+        ok = valid[world]
+        link = (d <= radius) & ok[:, None] & ok[None, :]
+        link.fill_diagonal_(True)
+        labels = torch.arange(s, device=points.device)
+        big = torch.full_like(labels, s)
+        while True:
+            new = torch.where(link, labels[None, :], big[None, :]).amin(dim=1)
+            new = new[new]  # pointer jumping: follow the chain of smaller labels
+            if torch.equal(new, labels):
+                break
+            labels = new
+        out.append(labels.cpu().numpy())
+    return np.stack(out)
 
 
 def clusters_sampled(

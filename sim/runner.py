@@ -124,6 +124,8 @@ def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh:
                     log.event("interrupted", state.step, signal=stop.requested)
                     log.finish("interrupted", state.step, error=f"stopped by {stop.requested}")
                     raise Interrupted(log.path, state.step)
+        except Interrupted:
+            raise
         except StepError as exc:
             log.event("failed", simulation.state.step, error=str(exc))
             log.finish("failed", simulation.state.step, error=str(exc))

@@ -145,7 +145,7 @@ class PluginRef(BaseModel):
         if isinstance(data, dict) and not ("name" in data and set(data) <= {"name", "params"}):
             if len(data) != 1:
                 raise PydanticCustomError(
-                    "plugin_ref", "must be a plugin name or a one-key mapping {{name: {{params}}}}, got keys {keys}",
+                    "plugin_ref", "must be a plugin name or a one-key mapping of the name to its parameters, got keys {keys}",
                     {"keys": ", ".join(map(str, data))})
             (name, params), = data.items()
             if params is not None and not isinstance(params, dict):

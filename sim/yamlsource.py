@@ -130,6 +130,12 @@ def _set(data: Any, parts: list[str], value: Any, key: str) -> Path_:
             path.append(index)
             if last:
                 node[index] = value
+            elif _is_plugin_entry(node[index], part):
+                # ``dynamics.deffuant.distance``: step into the plugin's parameters
+                path.append(part)
+                if node[index][part] is None:
+                    node[index][part] = {}
+                node = node[index][part]
             else:
                 node = node[index]
         elif isinstance(node, dict):
@@ -156,8 +162,16 @@ def _list_index(items: list, part: str, key: str) -> int:
     labels = [_label(item) for item in items]
     if part in labels:
         return labels.index(part)
+    if part in items:  # a plugin named without parameters: ``- friedkin_johnsen``
+        index = items.index(part)
+        items[index] = {part: None}
+        return index
     raise ScenarioError(f"cannot set {key}: no entry named {part!r} (entries: {', '.join(map(str, labels))})",
                         location="--set")
+
+
+def _is_plugin_entry(item: Any, part: str) -> bool:
+    return isinstance(item, dict) and len(item) == 1 and part in item and "name" not in item
 
 
 def _label(item: Any) -> Any:

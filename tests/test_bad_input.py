@@ -1,0 +1,122 @@
+"""Bad input: one line naming file, line, field, what was given and what is allowed; exit 2; no run directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.cli import main
+
+BASE = """\
+name: bad
+steps: 5
+values: [a, b]
+network:
+  generator: erdos_renyi
+  params: {mean_degree: 4}
+population:
+  - name: people
+    count: 50
+    confidence: 0.3
+dynamics:
+  - deffuant: {distance: l2}
+metrics: [mean_values]
+"""
+
+CASES = [
+    ("confidence: 0.3", "confidence: 1.5",
+     "s.yaml:10 population[0].confidence: must be in (0, 1], got 1.5"),
+    ("confidence: 0.3", "confidence: {dist: uniform, low: 0, high: 0.3}",
+     "s.yaml:10 population[0].confidence: must be in (0, 1], got uniform on [0, 0.3]"),
+    ("confidence: 0.3", "cofidence: 0.3",
+     "s.yaml:10 population[0].cofidence: unknown key 'cofidence'; did you mean 'confidence'? "
+     "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy)"),
+    ("count: 50", "count: many", "s.yaml:9 population[0].count: must be an integer, got 'many'"),
+    ("count: 50", "count: 0", "s.yaml:9 population[0].count: must be >= 1, got 0"),
+    ("deffuant:", "defuant:",
+     "s.yaml:12 dynamics[0]: unknown dynamics 'defuant'; did you mean 'deffuant'? (installed: algorithmic_bias, "
+     "deffuant, friedkin_johnsen, hegselmann_krause, noise)"),
+    ("distance: l2", "distance: l3",
+     "s.yaml:12 dynamics[0].deffuant.distance: must be one of l2, linf, per_dimension, got 'l3'; did you mean 'l2'?"),
+    ("generator: erdos_renyi", "generator: erdos_reny",
+     "s.yaml:5 network.generator: unknown network generator 'erdos_reny'; did you mean 'erdos_renyi'? (installed: "
+     "barabasi_albert, complete, erdos_renyi, file, powerlaw_cluster, stochastic_block, watts_strogatz)"),
+    ("mean_degree: 4", "mean_degre: 4",
+     "s.yaml:6 network.params.mean_degre: unknown key 'mean_degre'; did you mean 'mean_degree'? "
+     "(allowed: p, mean_degree)"),
+    ("confidence: 0.3", "confidence: {dist: gauss, mean: 0.3}",
+     "s.yaml:10 population[0].confidence: unknown distribution 'gauss' (allowed: constant, uniform, normal, beta)"),
+    ("    count: 50", "    count: 50\n    kind: humna",
+     "s.yaml:10 population[0].kind: must be one of human, llm, ai, rl, got 'humna'; did you mean 'human'?"),
+    ("values: [a, b]", "values: schwarz10",
+     "s.yaml:3 values: unknown value space 'schwarz10'; did you mean 'schwartz10'? "
+     "(built-in: schwartz10, mft6, wvs2; or a list of dimension names)"),
+    ("steps: 5", "steps: [5", "s.yaml:3 malformed YAML: expected ',' or ']', but got ':'"),
+    ("steps: 5", "steps: 5\nsteps: 6", "s.yaml:3 steps: duplicate key 'steps'"),
+    ("metrics: [mean_values]", "metrics: [mean_valuez]",
+     "s.yaml:13 metrics[0]: unknown metric 'mean_valuez'; did you mean 'mean_values'? (installed: clusters, "
+     "consensus_time, drift, mean_values, polarization)"),
+    ("confidence: 0.3", "init: {file: nope.csv}",
+     "s.yaml:10 population[0].init.file: file not found: nope.csv (resolved to {dir}/nope.csv)"),
+    ("mean_degree: 4", "mean_degree: 4, p: 0.1", "s.yaml:6 network.params: give exactly one of p or mean_degree"),
+    ("generator: erdos_renyi\n  params: {mean_degree: 4}", "generator: file\n  params: {path: gone.edgelist}",
+     "s.yaml:6 network.params.path: file not found: gone.edgelist (resolved to {dir}/gone.edgelist)"),
+    ("confidence: 0.3", "init: {dist: constant, value: [0.2, 0.3, 0.4]}",
+     "s.yaml:10 population[0].init: needs 2 numbers (one per dimension), got 3"),
+    ("deffuant: {distance: l2}", "noise: {sigma: 0.1}",
+     "s.yaml:10 population[0].confidence: is set, but no listed dynamics uses it "
+     "(add one of: algorithmic_bias, deffuant, hegselmann_krause)"),
+    ("  - name: people", "  - name: people\n    zealots: 2",
+     "s.yaml:9 population[0].zealots: must be in [0, 1], got 2"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", CASES, ids=[c[2].split(" ", 2)[1].rstrip(":") + "|" + c[1][:20]
+                                                        for c in CASES])
+def test_bad_scenario_gets_one_exact_line_and_exit_2(tmp_path, monkeypatch, capsys, old, new, message):
+    assert old in BASE
+    (tmp_path / "s.yaml").write_text(BASE.replace(old, new, 1))
+    monkeypatch.chdir(tmp_path)
+    code = main(["run", "s.yaml", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == f"valuesim: error: {message.format(dir=tmp_path)}\n"
+    assert not (tmp_path / "runs").exists(), "a run directory was left behind"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "s.yaml", "--set", "population.peeple.count=3"],
+     "--set cannot set population.peeple.count: no entry named 'peeple' (entries: people)"),
+    (["run", "s.yaml", "--set", "steps=-1"], "--set steps: must be >= 0, got -1"),
+    (["run", "s.yaml", "--set", "population.people.confidence=2"],
+     "--set population[0].confidence: must be in (0, 1], got 2"),
+    (["run", "s.yaml", "--seed", "-3"], "--seed must be >= 0, got -3"),
+    (["run", "missing.yaml"], "scenario file not found: missing.yaml"),
+    (["resume", "nowhere"], "nowhere: not a run directory (no manifest.json)"),
+])
+def test_bad_flags(tmp_path, monkeypatch, capsys, argv, message):
+    (tmp_path / "s.yaml").write_text(BASE)
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--quiet"] if argv[0] == "run" else argv) == 2
+    assert capsys.readouterr().err == f"valuesim: error: {message}\n"
+
+
+def test_the_console_script_prints_no_traceback(tmp_path):
+    (tmp_path / "s.yaml").write_text(BASE.replace("confidence: 0.3", "confidence: 1.5"))
+    exe = Path(sys.executable).with_name("valuesim")
+    proc = subprocess.run([str(exe), "validate", "s.yaml"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr == "valuesim: error: s.yaml:10 population[0].confidence: must be in (0, 1], got 1.5\n"
+    assert proc.stdout == ""
+
+
+def test_out_dir_that_is_not_empty_is_refused(tmp_path, monkeypatch, capsys):
+    (tmp_path / "s.yaml").write_text(BASE)
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "s.yaml", "--quiet", "--out", "taken"]) == 2
+    assert capsys.readouterr().err == "valuesim: error: --out taken: the directory exists and is not empty\n"
