@@ -14,6 +14,8 @@ import os
 # numba call). Passive waiting removes that; it only takes effect when set before
 # torch first loads, and a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numba's workqueue threads sleep when idle; its OpenMP layer would spin the same way.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 from .errors import PluginError, RunDirError, RunFailed, ScenarioError, ValuesimError
 from .scenario import Scenario, load_scenario, scenario_from_dict

@@ -32,16 +32,22 @@ def sample_pairs(network: Network, worlds: int, count: int, generator: torch.Gen
     focal = torch.randint(network.n, (worlds, count), generator=generator, device=device)
     # float64 so that floor(u * degree) is exact for any realistic degree
     u = torch.rand((worlds, count), generator=generator, device=device, dtype=torch.float64)
+    return focal, partners(network, focal, u, active)
+
+
+def partners(network: Network, focal: torch.Tensor, u: torch.Tensor,
+             active: torch.Tensor | None = None) -> torch.Tensor:
+    """The neighbour of each focal agent picked by ``u`` in [0, 1): ``col[rowptr[i] + floor(u * degree)]``."""
+    if network.col.numel() == 0:
+        return torch.full_like(focal, -1)
     start = network.rowptr[focal]
     degree = network.rowptr[focal + 1] - start
     offset = torch.minimum((u * degree).long(), (degree - 1).clamp_min(0))
-    if network.col.numel() == 0:
-        return focal, torch.full_like(focal, -1)
     partner = network.col[(start + offset).clamp_max(network.col.numel() - 1)]
     possible = degree > 0
     if active is not None:
         possible &= torch.gather(active, 1, focal) & torch.gather(active, 1, partner)
-    return focal, torch.where(possible, partner, torch.full_like(partner, -1))
+    return torch.where(possible, partner, torch.full_like(partner, -1))
 
 
 def rounds(focal: torch.Tensor, partner: torch.Tensor, n: int):

@@ -27,8 +27,9 @@ def _hetero(b, n, low, high, seed):
 @pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("repulsion", [None, 0.6])
-def test_deffuant_kernels_equal_the_sequential_reference(kernel, distance, repulsion):
-    b, n, k = 3, 60, 3
+@pytest.mark.parametrize("b", [1, 3])  # one world: rounds of disjoint pairs in parallel; several: worlds in parallel
+def test_deffuant_kernels_equal_the_sequential_reference(kernel, distance, repulsion, b):
+    n, k = 60, 3
     g = torch.Generator().manual_seed(7)
     values = torch.rand((b, n, k), generator=g)
     graph = nx.watts_strogatz_graph(n, 6, 0.3, seed=1)

@@ -12,10 +12,6 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-# The workqueue layer's threads sleep when idle; an OpenMP layer's spin and slow torch down.
-if numba.config.THREADING_LAYER == "default":
-    numba.config.THREADING_LAYER = "workqueue"
-
 
 @njit(cache=True, nogil=True, inline="always")
 def _clip(v):
@@ -95,18 +91,82 @@ def _deffuant_world(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
         _interact(x, shown, fixed, i, j, eps[i], mu[i], eps[j], mu[j], metric, repulse)
 
 
-@njit(cache=True, parallel=True)
 def deffuant(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
-    """Apply pairs ``[B, M]`` world by world, in order; worlds run in parallel.
+    """Apply pairs ``[B, M]`` in order, world by world, in place on ``x``.
 
-    ``x`` and ``shown`` are [B, N, K] float32 (``x`` is updated in place),
-    ``fixed`` [N] bool marks agents that show ``shown`` instead of their
-    current values, ``eps`` and ``mu`` are [B or 1, N] float32.
+    ``x`` and ``shown`` are [B, N, K] float32, ``fixed`` [N] bool marks agents
+    that show ``shown`` instead of their current values, ``eps`` and ``mu``
+    are [B or 1, N] float32. With at least as many worlds as threads the
+    worlds run in parallel; otherwise each world's pairs are split into rounds
+    of disjoint pairs (``schedule``) whose pairs run in parallel. Both give
+    the sequential result bit for bit.
     """
+    if x.shape[0] >= numba.get_num_threads():
+        _deffuant_worlds(x, shown, fixed, focal, partner, eps, mu, metric, repulse)
+        return
+    for b in range(x.shape[0]):
+        eb = eps[0] if eps.shape[0] == 1 else eps[b]
+        mb = mu[0] if mu.shape[0] == 1 else mu[b]
+        order, starts = schedule(focal[b], partner[b], x.shape[1])
+        _deffuant_rounds(x[b], shown[b], fixed, focal[b], partner[b], eb, mb, metric, repulse, order, starts)
+
+
+@njit(cache=True, parallel=True)
+def _deffuant_worlds(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
     for b in prange(x.shape[0]):
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
         _deffuant_world(x[b], shown[b], fixed, focal[b], partner[b], eb, mb, metric, repulse)
+
+
+@njit(cache=True)
+def schedule(focal, partner, n):
+    """Pair positions grouped by round: pair k goes one round after the last earlier pair sharing an agent.
+
+    Returns ``order`` (positions, round by round, in sequence order within a
+    round) and ``starts`` (round r holds ``order[starts[r]:starts[r + 1]]``).
+    The same rounds as ``sim.pairing.rounds``, found in one sequential pass.
+    """
+    m = focal.shape[0]
+    last = np.zeros(n, np.int32)
+    level = np.empty(m, np.int32)
+    top = 0
+    for k in range(m):
+        j = partner[k]
+        if j < 0:
+            level[k] = -1
+            continue
+        i = focal[k]
+        d = max(last[i], last[j]) + 1
+        last[i] = d
+        last[j] = d
+        level[k] = d
+        top = max(top, d)
+    counts = np.zeros(top + 1, np.int64)
+    for k in range(m):
+        if level[k] > 0:
+            counts[level[k] - 1] += 1
+    starts = np.zeros(top + 1, np.int64)
+    for r in range(top):
+        starts[r + 1] = starts[r] + counts[r]
+    order = np.empty(starts[top], np.int64)
+    fill = starts[:top].copy()
+    for k in range(m):
+        r = level[k]
+        if r > 0:
+            order[fill[r - 1]] = k
+            fill[r - 1] += 1
+    return order, starts
+
+
+@njit(cache=True, parallel=True)
+def _deffuant_rounds(x, shown, fixed, focal, partner, eps, mu, metric, repulse, order, starts):
+    for r in range(starts.shape[0] - 1):
+        for q in prange(starts[r], starts[r + 1]):
+            k = order[q]
+            i = focal[k]
+            j = partner[k]
+            _interact(x, shown, fixed, i, j, eps[i], mu[i], eps[j], mu[j], metric, repulse)
 
 
 @njit(cache=True, nogil=True)
