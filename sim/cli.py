@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     v.add_argument("--json", action="store_true", help="print the resolved scenario as JSON")
 
+    pl = sub.add_parser("plugins", help="list the installed plugins")
+    pl_sub = pl.add_subparsers(dest="plugins_command", metavar="list")
+    ls = pl_sub.add_parser("list", help="list plugins by kind")
+    ls.add_argument("--kind", help="only this kind (dynamics, networks, metrics, policies, ...)")
+    ls.add_argument("--json", action="store_true")
+
     s = sub.add_parser("resume", help="finish an interrupted run from its checkpoint")
     s.add_argument("run_dir")
     s.add_argument("--device", default=None, help="device to resume on (default: the run's)")
@@ -63,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import RunFailed, ValuesimError
 
     try:
-        return {"run": _run, "validate": _validate, "resume": _resume}[args.command](args)
+        return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins}[args.command](args)
     except ValuesimError as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +89,29 @@ def _validate(args) -> int:
     else:
         print(f"{args.scenario}: ok ({scenario.spec.num_agents} agents, {len(scenario.spec.population)} groups, "
               f"{scenario.spec.steps} steps)")
+    return 0
+
+
+def _plugins(args) -> int:
+    from . import registry
+
+    args.kind = getattr(args, "kind", None)  # bare `valuesim plugins` lists everything
+    args.json = getattr(args, "json", False)
+    kinds = registry.KINDS if args.kind is None else (args.kind,)
+    if args.kind is not None and args.kind not in registry.KINDS:
+        from .errors import PluginError
+
+        raise PluginError(registry.unknown_name_message("plugin kind", args.kind, list(registry.KINDS), "kinds"))
+    rows = []
+    for kind in kinds:
+        for name, ep in sorted(registry.entry_points(kind).items()):
+            rows.append({"kind": kind, "name": name, "object": ep.value,
+                         "distribution": getattr(ep.dist, "name", None)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['kind']:<12} {row['name']:<20} {row['object']}  ({row['distribution']})")
     return 0
 
 
@@ -119,8 +148,7 @@ def _report(path: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"run_dir": str(path), "status": manifest["status"], "steps": manifest.get("last_step")}))
     else:
-        print(f"run log: {path}", file=sys.stderr)
-        print(path)
+        print(f"run log: {path}")
     return 0
 
 

@@ -97,11 +97,12 @@ def deffuant(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
     ``x`` and ``shown`` are [B, N, K] float32, ``fixed`` [N] bool marks agents
     that show ``shown`` instead of their current values, ``eps`` and ``mu``
     are [B or 1, N] float32. With at least as many worlds as threads the
-    worlds run in parallel; otherwise each world's pairs are split into rounds
+    worlds run in parallel; otherwise (and for short pair lists) each world's pairs are split into rounds
     of disjoint pairs (``schedule``) whose pairs run in parallel. Both give
     the sequential result bit for bit.
     """
-    if x.shape[0] >= numba.get_num_threads():
+    # Below a few thousand pairs a world, the rounds' thread hand-offs cost more than they save.
+    if x.shape[0] >= numba.get_num_threads() or focal.shape[1] < 20_000:
         _deffuant_worlds(x, shown, fixed, focal, partner, eps, mu, metric, repulse)
         return
     for b in range(x.shape[0]):
