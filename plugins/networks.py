@@ -37,6 +37,7 @@ class Complete:
         self.params = params
 
     def build(self, request: NetworkRequest) -> np.ndarray:
+        _edge_budget(request.n * (request.n - 1) / 2, request.n, "network.generator")
         first, second = np.triu_indices(request.n, k=1)
         return np.stack([first, second], axis=1).astype(np.int64)
 
@@ -74,6 +75,7 @@ class ErdosRenyi:
                     f"mean_degree must be at most N - 1 = {n - 1} for {n} agents, got {self.params.mean_degree}",
                     path="network.params.mean_degree",
                 )
+        _edge_budget(p * n * (n - 1) / 2, n, "network.params")
         first, second = _random_pairs(np.random.default_rng(request.seed), p, n)
         return np.stack([first, second], axis=1)
 
@@ -254,6 +256,9 @@ class StochasticBlock:
     def build(self, request: NetworkRequest) -> np.ndarray:
         groups = request.groups
         probability = self._matrix(len(groups))
+        expected = sum(probability[a][b] * (g.size * (g.size - 1) / 2 if a == b else g.size * groups[b].size)
+                       for a, g in enumerate(groups) for b in range(a, len(groups)))
+        _edge_budget(expected, request.n, "network.params")
         rng = np.random.default_rng(request.seed)
         edges = []
         for a, block_a in enumerate(groups):
@@ -273,6 +278,18 @@ class StochasticBlock:
                 path="network.params.p",
             )
         return params.p
+
+
+MAX_EDGES = 100_000_000  # 1.6 GB of CSR indices; past it, a typo in a size is likelier than intent
+
+
+def _edge_budget(expected: float, n: int, path: str) -> None:
+    """Refuse, with the numbers, a graph too large to hold rather than run out of memory building it."""
+    if expected > MAX_EDGES:
+        raise ScenarioError(
+            f"this network would have about {expected:,.0f} edges on {n:,} agents, more than the "
+            f"{MAX_EDGES:,} valuesim holds; use a sparser generator (erdos_renyi with a mean_degree, "
+            f"watts_strogatz, barabasi_albert) or fewer agents", path=path)
 
 
 def _random_pairs(rng: np.random.Generator, p: float, n_first: int, n_second: int | None = None):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -122,38 +123,13 @@ class Beta(_Dist):
     high: float = 1.0
 
     def sample(self, shape, generator, k):
-        # Beta through two Gamma draws so the passed generator is the only randomness.
-        x = _standard_gamma(self.a, shape, generator)
-        y = _standard_gamma(self.b, shape, generator)
-        return self.low + (self.high - self.low) * x / (x + y)
+        # numpy's beta sampler, seeded from the passed generator: it is the only randomness used
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        draws = np.random.default_rng(seed).beta(self.a, self.b, size=shape)
+        return self.low + (self.high - self.low) * torch.from_numpy(draws)
 
     def support(self):
         return self.low, self.high
-
-
-def _standard_gamma(alpha: float, shape, generator: torch.Generator) -> torch.Tensor:
-    """Marsaglia-Tsang Gamma(alpha, 1) sampler driven by ``generator`` (torch's own has no generator argument)."""
-    boost = alpha < 1.0
-    a = alpha + 1.0 if boost else alpha
-    d = a - 1.0 / 3.0
-    c = 1.0 / (9.0 * d) ** 0.5
-    n = 1
-    for s in shape:
-        n *= s
-    out = torch.empty(n, dtype=torch.float64)
-    filled = 0
-    while filled < n:
-        m = max(2 * (n - filled), 64)
-        z = torch.randn(m, generator=generator, dtype=torch.float64)
-        u = torch.rand(m, generator=generator, dtype=torch.float64)
-        v = (1.0 + c * z) ** 3
-        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v + d * torch.log(v.clamp_min(1e-300)))
-        got = (d * v)[ok][: n - filled]
-        out[filled: filled + got.numel()] = got
-        filled += got.numel()
-    if boost:
-        out = out * torch.rand(n, generator=generator, dtype=torch.float64) ** (1.0 / alpha)
-    return out.reshape(shape)
 
 
 Distribution = Annotated[Union[Constant, Uniform, Normal, Beta], Field(discriminator="dist")]

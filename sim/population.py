@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import yaml
 
-from .distributions import Constant, DimResolver, Normal
+from .distributions import Constant, DimResolver
 from .errors import ScenarioError
 from .scenario import Scenario
 from .schema import FileInit, GroupSpec, ProfileInit
@@ -67,9 +67,9 @@ def agent_params(scenario: Scenario, worlds: int, generator: torch.Generator) ->
         varies = any(not isinstance(d, Constant) for d in dists)
         rows = worlds if varies else 1
         parts = [d.sample((rows, s.count), generator, DimResolver(None)) for d, s in zip(dists, specs)]
-        value = torch.cat(parts, dim=1)
-        if any(isinstance(d, Normal) for d in dists):
-            value = value.clamp(low, high)
+        # normal draws are clipped into range by design; the clamp also keeps a beta draw that
+        # rounded onto an open end (a rate of exactly 0) inside it
+        value = torch.cat(parts, dim=1).clamp(low, high)
         out[name] = value.to(torch.float32)
     out["zealot"] = _zealots(specs, worlds, generator)
     return AgentParams(**out)

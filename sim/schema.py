@@ -68,9 +68,12 @@ def _in_range(low: float, high: float, low_open: bool = False, high_open: bool =
         lo, hi = dist.support()
         if dist.dist == "normal":  # clipped into the interval when sampled
             lo = hi = dist.mean
-        bad = lo < low or hi > high or (low_open and lo <= low) or (high_open and hi >= high)
+        # which ends of its support a distribution can actually return
+        lo_hit, hi_hit = {"uniform": (True, False), "beta": (False, False)}.get(dist.dist, (True, True))
+        bad = lo < low or hi > high or (low_open and lo_hit and lo <= low) or (high_open and hi_hit and hi >= high)
         if bad:
-            given = f"{lo:g}" if dist.dist == "constant" else f"{dist.dist} on [{lo:g}, {hi:g}]"
+            given = f"{lo:g}" if dist.dist == "constant" else \
+                f"{dist.dist} on {_interval(lo, hi, not lo_hit, not hi_hit)}"
             raise PydanticCustomError("range", "must be in {interval}, got {given}",
                                       {"interval": interval, "given": given})
         return dist

@@ -30,7 +30,7 @@ CASES = [
     ("confidence: 0.3", "confidence: 1.5",
      "s.yaml:10 population[0].confidence: must be in (0, 1], got 1.5"),
     ("confidence: 0.3", "confidence: {dist: uniform, low: 0, high: 0.3}",
-     "s.yaml:10 population[0].confidence: must be in (0, 1], got uniform on [0, 0.3]"),
+     "s.yaml:10 population[0].confidence: must be in (0, 1], got uniform on [0, 0.3)"),
     ("confidence: 0.3", "cofidence: 0.3",
      "s.yaml:10 population[0].cofidence: unknown key 'cofidence'; did you mean 'confidence'? "
      "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy)"),
@@ -120,3 +120,14 @@ def test_out_dir_that_is_not_empty_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["run", "s.yaml", "--quiet", "--out", "taken"]) == 2
     assert capsys.readouterr().err == "valuesim: error: --out taken: the directory exists and is not empty\n"
+
+
+def test_a_network_too_large_to_hold_is_refused_before_building(tmp_path, monkeypatch, capsys):
+    (tmp_path / "s.yaml").write_text(BASE.replace("count: 50", "count: 60000").replace(
+        "generator: erdos_renyi\n  params: {mean_degree: 4}", "generator: complete"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "s.yaml", "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        "valuesim: error: s.yaml:5 network.generator: this network would have about 1,799,970,000 edges on 60,000 "
+        "agents, more than the 100,000,000 valuesim holds; use a sparser generator (erdos_renyi with a mean_degree, "
+        "watts_strogatz, barabasi_albert) or fewer agents\n")
