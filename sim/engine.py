@@ -30,16 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .contracts import Reading
+from . import registry
+from .contracts import NetworkRequest, Reading
 from .errors import ScenarioError
 from .network import build_network, edges_to_network
 from .population import agent_params, initial_values, layout
 from .rng import Generators
 from .scenario import Scenario, instantiate
 from .schema import PluginRef
-from .contracts import NetworkRequest
 from .state import State, World
-from . import registry
 
 
 class StepError(Exception):
@@ -67,7 +66,7 @@ class Simulation:
         ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
         for benchmarks that give several tools the very same graph.
         """
-        device = torch.device(device)
+        device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ScenarioError("--device cuda was asked for, but this torch build sees no CUDA device "
                                 "(see the README for installing a CUDA build of torch)")
@@ -189,6 +188,16 @@ class Simulation:
         """A cheap checksum of the built world, to refuse resuming onto a different one."""
         w = self.world
         return [float(w.initial.double().sum()), float(w.network.col.double().sum()), float(w.n), float(w.b)]
+
+
+def _device(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ScenarioError(f"must be cpu, cuda or cuda:<index>, got {str(name)!r}", location="--device")
+    return device
 
 
 def _scenario_network(scenario: Scenario, groups, seed: int):

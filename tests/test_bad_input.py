@@ -94,6 +94,7 @@ def test_bad_scenario_gets_one_exact_line_and_exit_2(tmp_path, monkeypatch, caps
     (["run", "s.yaml", "--set", "population.people.confidence=2"],
      "--set population[0].confidence: must be in (0, 1], got 2"),
     (["run", "s.yaml", "--seed", "-3"], "--seed must be >= 0, got -3"),
+    (["run", "s.yaml", "--device", "gpu"], "--device must be cpu, cuda or cuda:<index>, got 'gpu'"),
     (["run", "missing.yaml"], "scenario file not found: missing.yaml"),
     (["resume", "nowhere"], "nowhere: not a run directory (no manifest.json)"),
 ])
