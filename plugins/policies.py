@@ -1,13 +1,24 @@
-"""Policies: what a group's agents express at a step."""
+"""Policies: what a group's agents express at a step.
+
+An honest agent shows its own current values, and the dynamics read them
+live. Every other policy computes what its agents show once per step, from
+the state at the start of the step; the dynamics then see that vector while
+the agent's own internal values still move under the influence it receives.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar, Literal, Union
 
 import torch
+from pydantic import Field
 
-from sim.contracts import NoParams
+from sim.contracts import NoParams, PluginParams
+from sim.distributions import DimResolver
 from sim.state import Group, State, World
+
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+ValueVector = Union[UnitFloat, list[UnitFloat], dict[str, UnitFloat]]
 
 
 class Honest:
@@ -22,3 +33,153 @@ class Honest:
 
     def express(self, state: State, world: World, group: Group, generator: torch.Generator) -> torch.Tensor:
         return state.values[:, group.rows]
+
+
+class Zealot:
+    """Always express the same vector: the agent's initial values, or ``values`` when given.
+
+    What the agent shows never moves. To keep its internal values fixed as
+    well, set ``zealots: 1.0`` on the group.
+    """
+
+    class Params(PluginParams):
+        values: ValueVector | None = None
+        """The vector to show (one number, a list in dimension order, or a mapping); default: initial values."""
+
+    expresses_own_values: ClassVar[bool] = False
+
+    def __init__(self, params):
+        self.params = params
+
+    def prepare(self, world: World, group: Group) -> None:
+        if self.params.values is not None:
+            DimResolver(world.space.dimensions)(self.params.values)  # raises ValueError on a bad vector
+
+    def express(self, state, world, group, generator):
+        if self.params.values is None:
+            return world.initial[:, group.rows]
+        shown = DimResolver(world.space.dimensions)(self.params.values).to(state.values)
+        return shown.expand(world.b, group.size, world.k)
+
+
+class Random:
+    """Express noise: a fresh uniform vector in [0, 1]^K each step, or one's own values jittered."""
+
+    class Params(PluginParams):
+        mode: Literal["uniform", "jitter"] = "uniform"
+        """``uniform``: anything in [0, 1]^K; ``jitter``: own values plus Gaussian noise."""
+        sigma: Annotated[float, Field(ge=0, le=1)] = 0.1
+        """Standard deviation of the jitter."""
+
+    expresses_own_values: ClassVar[bool] = False
+
+    def __init__(self, params):
+        self.params = params
+
+    def express(self, state, world, group, generator):
+        shape = (world.b, group.size, world.k)
+        own = state.values[:, group.rows]
+        if self.params.mode == "uniform":
+            return torch.rand(shape, generator=generator, device=own.device, dtype=own.dtype)
+        noise = torch.randn(shape, generator=generator, device=own.device, dtype=own.dtype)
+        return (own + self.params.sigma * noise).clamp(0.0, 1.0)
+
+
+class Contrarian:
+    """Express the opposite of one's own values: x + strength * ((1 - x) - x); strength 1 shows 1 - x."""
+
+    class Params(PluginParams):
+        strength: UnitFloat = 1.0
+        """How far toward the mirror image 1 - x the agent goes."""
+
+    expresses_own_values: ClassVar[bool] = False
+
+    def __init__(self, params):
+        self.params = params
+
+    def express(self, state, world, group, generator):
+        own = state.values[:, group.rows]
+        return own + self.params.strength * (1.0 - 2.0 * own)
+
+
+class StrategicInfluencer:
+    """Pull targets toward a goal while staying just inside their confidence bound.
+
+    Each step an influencer looks at its targets — its network neighbours, or
+    every agent of a named group — and shows the point on the way from their
+    mean values toward ``goal`` at ``margin`` times their confidence bound, so
+    that bounded-confidence targets still listen; once the goal is that close
+    it shows the goal itself. Distances as in the dynamics (``l2`` is the
+    Euclidean distance divided by sqrt(K)).
+    """
+
+    class Params(PluginParams):
+        goal: ValueVector
+        """Where the influencer wants its targets' values to go."""
+        targets: str = "neighbours"
+        """``neighbours`` (each influencer's own) or the name of a population group."""
+        margin: Annotated[float, Field(gt=0, le=1)] = 0.9
+        """Share of the targets' confidence bound used per step (below 1 keeps inside it)."""
+        bound: Literal["mean", "min"] = "mean"
+        """Which of the targets' bounds to respect: their mean, or the most closed-minded."""
+        distance: Literal["l2", "linf"] = "l2"
+        """The distance the targets' dynamics use."""
+
+    expresses_own_values: ClassVar[bool] = False
+
+    def __init__(self, params):
+        self.params = params
+
+    def prepare(self, world: World, group: Group) -> None:
+        DimResolver(world.space.dimensions)(self.params.goal)
+        names = [g.name for g in world.groups]
+        if self.params.targets != "neighbours" and self.params.targets not in names:
+            raise ValueError(f"targets must be 'neighbours' or a group name ({', '.join(names)}), "
+                             f"got {self.params.targets!r}")
+
+    def express(self, state, world, group, generator):
+        goal = DimResolver(world.space.dimensions)(self.params.goal).to(state.values)
+        if self.params.targets == "neighbours":
+            centre, bound, has_targets = _neighbour_view(state, world, group, self.params.bound)
+        else:
+            centre, bound, has_targets = _group_view(state, world, world.group(self.params.targets), self.params.bound)
+        gap = goal - centre
+        if self.params.distance == "l2":
+            dist = gap.norm(dim=-1, keepdim=True) / world.k ** 0.5
+        else:
+            dist = gap.abs().amax(dim=-1, keepdim=True)
+        reach = self.params.margin * bound.unsqueeze(-1)
+        scale = torch.where(dist > reach, reach / dist.clamp_min(1e-12), torch.ones_like(dist))
+        shown = (centre + scale * gap).clamp(0.0, 1.0)
+        own = state.values[:, group.rows]
+        return torch.where(has_targets.unsqueeze(-1), shown.expand_as(own), own)
+
+
+def _neighbour_view(state: State, world: World, group: Group, bound: str):
+    """Per influencer: mean values and mean/min confidence of its neighbours, and whether it has any."""
+    net = world.network
+    lo, hi = int(net.rowptr[group.start]), int(net.rowptr[group.stop])
+    cols = net.col[lo:hi]
+    degree = net.degree()[group.rows]
+    owner = torch.repeat_interleave(torch.arange(group.size, device=cols.device), degree)
+    values = state.values
+    sums = torch.zeros((world.b, group.size, world.k), dtype=values.dtype, device=values.device)
+    sums.index_add_(1, owner, values[:, cols])
+    count = degree.clamp_min(1).to(values.dtype)
+    eps = world.params.confidence.expand(world.b, world.n)[:, cols].to(values.dtype)
+    if bound == "mean":
+        limit = torch.zeros((world.b, group.size), dtype=values.dtype, device=values.device)
+        limit.index_add_(1, owner, eps)
+        limit = limit / count
+    else:
+        limit = torch.full((world.b, group.size), 1.0, dtype=values.dtype, device=values.device)
+        limit = limit.scatter_reduce(1, owner.expand(world.b, -1), eps, reduce="amin")
+    return sums / count[:, None], limit, (degree > 0).expand(world.b, -1)
+
+
+def _group_view(state: State, world: World, target: Group, bound: str):
+    """The whole target group's mean values and mean/min confidence, the same for every influencer."""
+    centre = state.values[:, target.rows].mean(dim=1, keepdim=True)
+    eps = world.params.confidence.expand(world.b, world.n)[:, target.rows].to(state.values.dtype)
+    limit = (eps.mean(dim=1) if bound == "mean" else eps.amin(dim=1)).unsqueeze(1)
+    return centre, limit, torch.ones((world.b, 1), dtype=torch.bool, device=state.values.device)

@@ -124,6 +124,14 @@ class Policy(Protocol):
 
     ``express(state, world, group, generator)`` returns ``[B, group.size, K]``
     in [0, 1]: the value vector each agent of the group shows its partners.
+    It is called once per step, before the dynamics. A policy whose agents
+    show their own current values sets ``expresses_own_values = True``; the
+    dynamics then read those values live and ``express`` is not called.
+
+    Optional: ``prepare(world, group)`` runs once when the world is built and
+    raises ``ValueError`` if the policy cannot serve it (a target group that
+    does not exist, a goal vector of the wrong length); the message is shown
+    as a scenario error at the group's ``policy``.
     """
 
     Params: ClassVar[type[BaseModel]]

@@ -88,6 +88,7 @@ class Simulation:
         world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
                       initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device))
         state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
+        _prepare_policies(scenario, world, policies)
         dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
         _check_parameters_used(scenario, [d for _, d in dynamics])
         return cls(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
@@ -188,6 +189,18 @@ class Simulation:
         """A cheap checksum of the built world, to refuse resuming onto a different one."""
         w = self.world
         return [float(w.initial.double().sum()), float(w.network.col.double().sum()), float(w.n), float(w.b)]
+
+
+def _prepare_policies(scenario: Scenario, world: World, policies) -> None:
+    """Let each policy refuse a world it cannot serve (optional ``prepare``), as a scenario error."""
+    for i, (group, (name, policy)) in enumerate(zip(world.groups, policies)):
+        prepare = getattr(policy, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare(world, group)
+        except ValueError as exc:
+            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
 
 
 def _device(name: str | torch.device) -> torch.device:
