@@ -6,12 +6,18 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-slow bench clean
 
+# The example plugin package is installed too: scenarios/bridge_builders.yaml uses it, and the
+# catalog test runs every scenario. It is built without isolation, with the venv's setuptools.
+EXAMPLE := plugins/examples/valuesim-example
+
 # The default install pins torch 2.13.0 (a CPU build on these machines); see the
 # README for installing a CUDA build instead.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet 'setuptools>=68'
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(EXAMPLE)
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -28,4 +34,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/dynamics.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(EXAMPLE)/build $(EXAMPLE)/*.egg-info

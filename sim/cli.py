@@ -13,6 +13,7 @@ examples:
   valuesim run scenarios/quickstart.yaml --seed 7 --worlds 8 --set steps=50 --set population.citizens.count=2000
   valuesim validate scenarios/quickstart.yaml
   valuesim resume runs/quickstart__20261125T120000Z__s42
+  valuesim new plugin policy my_policy --dir ~/code
 
 exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 """
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, help="override the scenario's seed")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario field by dotted path (repeatable), e.g. --set steps=50")
+    r.add_argument("--plugins", dest="plugin_dirs", action="append", default=[], metavar="DIR",
+                   help="load every .py file in DIR as a drop-in plugin file (repeatable)")
     r.add_argument("--worlds", type=int, help="number of parallel worlds B (replicates)")
     r.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     r.add_argument("--out", help="run directory to write (default: runs/<scenario>__<UTC time>__s<seed>)")
@@ -40,13 +43,30 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a scenario without running it")
     v.add_argument("scenario")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    v.add_argument("--plugins", dest="plugin_dirs", action="append", default=[], metavar="DIR")
     v.add_argument("--json", action="store_true", help="print the resolved scenario as JSON")
 
-    pl = sub.add_parser("plugins", help="list the installed plugins")
-    pl_sub = pl.add_subparsers(dest="plugins_command", metavar="list")
+    pl = sub.add_parser("plugins", help="list the installed plugins, or show one")
+    pl_sub = pl.add_subparsers(dest="plugins_command", metavar="{list,show}")
     ls = pl_sub.add_parser("list", help="list plugins by kind")
     ls.add_argument("--kind", help="only this kind (dynamics, networks, metrics, policies, ...)")
     ls.add_argument("--json", action="store_true")
+    ls.add_argument("--plugins", dest="plugin_dirs", action="append", default=[], metavar="DIR",
+                    help="also list the drop-in plugin files in DIR")
+    sh = pl_sub.add_parser("show", help="a plugin's documentation, parameters and origin")
+    sh.add_argument("name")
+    sh.add_argument("--kind", help="the kind, when two kinds share the name")
+    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--plugins", dest="plugin_dirs", action="append", default=[], metavar="DIR")
+
+    nw = sub.add_parser("new", help="create a plugin package to edit (valuesim new plugin KIND NAME)")
+    nw_sub = nw.add_subparsers(dest="new_command", metavar="plugin")
+    npl = nw_sub.add_parser("plugin", help="an installable plugin package: a working example, its tests, a README",
+                            epilog="example:\n  valuesim new plugin policy my_policy   # writes ./valuesim-my-policy/",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    npl.add_argument("kind", help="policy, dynamics, metric or network")
+    npl.add_argument("name", help="the plugin's name in scenarios, a Python identifier (e.g. my_policy)")
+    npl.add_argument("--dir", default=".", help="where to create valuesim-<name>/ (default: the current directory)")
 
     s = sub.add_parser("resume", help="finish an interrupted run from its checkpoint")
     s.add_argument("run_dir")
@@ -69,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import RunFailed, ValuesimError
 
     try:
-        return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins}[args.command](args)
+        return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
+                "new": _new}[args.command](args)
     except ValuesimError as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return 2
@@ -82,7 +103,7 @@ def _validate(args) -> int:
     from .engine import Simulation
     from .scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, args.overrides)
+    scenario = load_scenario(args.scenario, args.overrides, args.plugin_dirs)
     Simulation.build(scenario, worlds=1)  # builds the network and population too: files, sizes, profiles
     if args.json:
         print(json.dumps(scenario.to_dict(), indent=2))
@@ -92,26 +113,37 @@ def _validate(args) -> int:
     return 0
 
 
+def _new(args) -> int:
+    from .errors import ValuesimError
+    from .scaffold import scaffold_plugin
+
+    if getattr(args, "new_command", None) != "plugin":
+        raise ValuesimError("say what to create: valuesim new plugin KIND NAME [--dir DIR]")
+    path = scaffold_plugin(args.kind, args.name, Path(args.dir))
+    print(path)
+    print(f"next: cd {path} && pip install -e . && pytest", file=sys.stderr)
+    return 0
+
+
 def _plugins(args) -> int:
-    from . import registry
+    from . import plugin_info, registry
+    from .scenario import plugin_files
 
-    args.kind = getattr(args, "kind", None)  # bare `valuesim plugins` lists everything
-    args.json = getattr(args, "json", False)
-    kinds = registry.KINDS if args.kind is None else (args.kind,)
-    if args.kind is not None and args.kind not in registry.KINDS:
-        from .errors import PluginError
-
-        raise PluginError(registry.unknown_name_message("plugin kind", args.kind, list(registry.KINDS), "kinds"))
-    rows = []
-    for kind in kinds:
-        for name, ep in sorted(registry.entry_points(kind).items()):
-            rows.append({"kind": kind, "name": name, "object": ep.value,
-                         "distribution": getattr(ep.dist, "name", None)})
-    if args.json:
+    for folder in getattr(args, "plugin_dirs", []):
+        registry.load_files(plugin_files(folder))
+    if getattr(args, "plugins_command", None) == "show":
+        info = plugin_info.describe(args.name, args.kind)
+        print(json.dumps(info, indent=2) if args.json else plugin_info.render(info))
+        return 0
+    rows = plugin_info.listing(getattr(args, "kind", None))  # bare `valuesim plugins` lists everything
+    for row in rows:
+        if row["error"]:
+            print(f"valuesim: warning: {row['error']}", file=sys.stderr)
+    if getattr(args, "json", False):
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        print(f"{row['kind']:<12} {row['name']:<20} {row['object']}  ({row['distribution']})")
+        print(f"{row['kind']:<12} {row['name']:<22} {row['summary']}  [{row['origin']}]")
     return 0
 
 
@@ -121,7 +153,8 @@ def _run(args) -> int:
     with _progress(args.quiet) as progress:
         try:
             path = run(args.scenario, seed=args.seed, worlds=args.worlds, device=args.device, out=args.out,
-                       runs_dir=args.runs_dir, overrides=args.overrides, command=["valuesim", *sys.argv[1:]],
+                       runs_dir=args.runs_dir, overrides=args.overrides, plugin_dirs=args.plugin_dirs,
+                       command=["valuesim", *sys.argv[1:]],
                        progress=progress)
         except Interrupted as exc:
             print(f"valuesim: {exc}", file=sys.stderr)

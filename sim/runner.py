@@ -31,17 +31,17 @@ class Interrupted(Exception):
 
 def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int | None = None,
         device: str = "cpu", out: str | Path | None = None, runs_dir: str | Path = "runs",
-        overrides: list[str] | tuple[str, ...] = (), command: list[str] | None = None,
-        progress: Progress | None = None) -> Path:
+        overrides: list[str] | tuple[str, ...] = (), plugin_dirs: list[str | Path] | tuple = (),
+        command: list[str] | None = None, progress: Progress | None = None) -> Path:
     """Run a scenario (a :class:`Scenario` or a path) and return its run directory.
 
     Everything that can be wrong with the input is checked (the world is
     built) before the run directory is created.
     """
     if not isinstance(scenario, Scenario):
-        scenario = load_scenario(scenario, overrides)
-    elif overrides:
-        raise ValueError("overrides apply when loading a scenario from a path")
+        scenario = load_scenario(scenario, overrides, plugin_dirs)
+    elif overrides or plugin_dirs:
+        raise ValueError("overrides and plugin folders apply when loading a scenario from a path")
     if seed is not None:
         scenario = _with_seed(scenario, seed)
     if worlds is not None:

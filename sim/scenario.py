@@ -66,11 +66,33 @@ class Scenario:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
 
-def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
-    """Read, override (``dotted.key=value``), validate and resolve a scenario file."""
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+                  plugin_dirs: list[str | Path] | tuple = ()) -> Scenario:
+    """Read, override (``dotted.key=value``), validate and resolve a scenario file.
+
+    ``plugin_dirs``: folders whose ``*.py`` files are drop-in plugins (``--plugins DIR``);
+    they are added to the scenario's ``plugins`` so that a resumed run loads them too.
+    """
     path = Path(path)
     source = read_yaml(path)
+    _add_plugin_dirs(source, plugin_dirs)
     return _build(source, overrides, path.resolve().parent)
+
+
+def plugin_files(directory: str | Path) -> list[Path]:
+    """The drop-in plugin files of a ``--plugins`` folder."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ScenarioError(f"not a folder: {directory}", location="--plugins")
+    return sorted(p.resolve() for p in folder.glob("*.py"))
+
+
+def _add_plugin_dirs(source: Source, plugin_dirs) -> None:
+    files = [str(f) for d in plugin_dirs for f in plugin_files(d)]
+    if files and isinstance(source.data, dict):
+        listed = source.data.get("plugins") or []
+        source.data["plugins"] = list(listed) + [f for f in files if f not in listed]
+        source.overridden.update({("plugins", i): "--plugins" for i in range(len(listed), len(source.data["plugins"]))})
 
 
 def scenario_from_dict(data: dict[str, Any], overrides=(), base_dir: str | Path = ".") -> Scenario:
@@ -92,8 +114,21 @@ def _build(source: Source, overrides, base_dir: Path) -> Scenario:
         spec = ScenarioSpec.model_validate(source.data)
     except ValidationError as exc:
         raise _scenario_error(exc, source, ()) from None
+    _load_plugin_files(spec, source, base_dir)
     spec = _resolve_plugins(spec, source)
     return Scenario(spec=spec, source=source, base_dir=base_dir)
+
+
+def _load_plugin_files(spec: ScenarioSpec, source: Source, base_dir: Path) -> None:
+    for i, name in enumerate(spec.plugins):
+        path = base_dir / name
+        where = dict(location=source.locate(("plugins", i)), path=f"plugins[{i}]")
+        if not path.is_file():
+            raise ScenarioError(f"plugin file not found: {name} (resolved to {path})", **where)
+        try:
+            registry.load_files([path])
+        except PluginError as exc:
+            raise ScenarioError(str(exc), **where) from None
 
 
 # ---------------------------------------------------------------- plugins

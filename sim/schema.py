@@ -24,7 +24,7 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
 class Strict(BaseModel):
     """Frozen; an unknown key is an error that names the nearest allowed key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -235,6 +235,8 @@ class ScenarioSpec(Strict):
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
     description: str = ""
+    plugins: list[str] = Field(default_factory=list)
+    """Drop-in plugin files to load (paths relative to the scenario); only files named here are run."""
     seed: Annotated[int, Field(ge=0)] = 0
     steps: Annotated[int, Field(ge=0)] = 100
     log_every: Annotated[int, Field(ge=1)] = 1

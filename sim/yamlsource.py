@@ -23,14 +23,14 @@ class Source:
     data: Any
     name: str  # the file as the user named it, or "<dict>"
     lines: dict[Path_, int] = field(default_factory=dict)
-    overridden: set[Path_] = field(default_factory=set)
+    overridden: dict[Path_, str] = field(default_factory=dict)  # path -> the flag that set it
 
     def locate(self, path: Path_) -> str:
         """``file:line`` of the deepest known prefix of ``path`` (``--set`` for overridden keys)."""
         for cut in range(len(path), -1, -1):
             prefix = tuple(path[:cut])
             if prefix in self.overridden:
-                return "--set"
+                return self.overridden[prefix]
             if prefix in self.lines:
                 return f"{self.name}:{self.lines[prefix]}"
         return self.name
@@ -117,7 +117,7 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
         except yaml.YAMLError as exc:
             raise ScenarioError(f"value of {key} is not valid YAML: {exc}", location="--set") from None
         path = _set(source.data, key.strip().split("."), value, key)
-        source.overridden.add(path)
+        source.overridden[path] = "--set"
 
 
 def _set(data: Any, parts: list[str], value: Any, key: str) -> Path_:
