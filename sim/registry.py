@@ -152,7 +152,9 @@ def get(kind: str, name: str) -> Any:
     elif name in _dropins.get(kind, {}):
         obj = _dropins[kind][name][0]
     else:
-        raise PluginError(unknown_name_message(kind, name, names(kind)))
+        elsewhere = [k for k in KINDS if k != kind and name in names(k)]
+        hint = f" ({name!r} is a {SINGULAR[elsewhere[0]]} plugin)" if elsewhere else ""
+        raise PluginError(unknown_name_message(kind, name, names(kind)) + hint)
     _check(kind, name, obj)
     _loaded[key] = obj
     return obj

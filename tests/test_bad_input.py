@@ -47,6 +47,9 @@ CASES = [
     ("mean_degree: 4", "mean_degre: 4",
      "s.yaml:6 network.params.mean_degre: unknown key 'mean_degre'; did you mean 'mean_degree'? "
      "(allowed: p, mean_degree)"),
+    ("metrics: [mean_values]", "metrics: [deffuant]",
+     "s.yaml:13 metrics[0]: unknown metric 'deffuant' (installed: clusters, consensus_time, drift, mean_values, "
+     "polarization) ('deffuant' is a dynamics plugin)"),
     ("confidence: 0.3", "confidence: {dist: gauss, mean: 0.3}",
      "s.yaml:10 population[0].confidence: unknown distribution 'gauss' (allowed: constant, uniform, normal, beta)"),
     ("    count: 50", "    count: 50\n    kind: humna",
