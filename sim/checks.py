@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ValidationError
 
-from .contracts import NetworkRequest, Reading
+from .contracts import NetworkRequest, PolicyOutput, Reading
 from .errors import PluginError
 from .network import edges_to_network
 from .state import AgentParams, Group, State, World
@@ -328,6 +328,10 @@ def check_policy(cls: type, params: dict | None = None) -> None:
                 _call("prepare()", lambda: plugin.prepare(world, group), {})
 
             def check(out, group=group):
+                if isinstance(out, PolicyOutput):  # a tensor plus events for the log
+                    if not all(isinstance(e, dict) for e in out.events):
+                        raise _Failure("express() returned PolicyOutput.events that are not all dicts")
+                    out = out.expressed
                 _unit_tensor("express()", out, (B, group.size, K), "[B, group.size, K]", state.values)
                 if getattr(cls, "expresses_own_values", False) and not torch.equal(out, state.values[:, group.rows]):
                     raise _Failure("expresses_own_values is True but express() does not return the group's "

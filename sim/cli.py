@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     r.add_argument("--out", help="run directory to write (default: runs/<scenario>__<UTC time>__s<seed>)")
     r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    r.add_argument("--llm-cache", default="readwrite", choices=("off", "read", "readwrite"),
+                   help="the LLM response cache (default readwrite: replay what is cached, store the rest)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
@@ -154,6 +156,7 @@ def _run(args) -> int:
         try:
             path = run(args.scenario, seed=args.seed, worlds=args.worlds, device=args.device, out=args.out,
                        runs_dir=args.runs_dir, overrides=args.overrides, plugin_dirs=args.plugin_dirs,
+                       llm_cache=args.llm_cache,
                        command=["valuesim", *sys.argv[1:]],
                        progress=progress)
         except Interrupted as exc:

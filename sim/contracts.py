@@ -118,6 +118,18 @@ class NetworkGenerator(Protocol):
     def build(self, request: NetworkRequest) -> Any | np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class PolicyOutput:
+    """A policy's answer when it has more to say than a tensor: ``expressed`` plus ``events`` for the log.
+
+    Each event is a JSON-ready dict (the run log adds time and step); LLM
+    policies log one per exchange with the model.
+    """
+
+    expressed: torch.Tensor
+    events: list[dict[str, Any]]
+
+
 @runtime_checkable
 class Policy(Protocol):
     """What a group's agents express at a step.
@@ -128,10 +140,21 @@ class Policy(Protocol):
     show their own current values sets ``expresses_own_values = True``; the
     dynamics then read those values live and ``express`` is not called.
 
+    ``express`` may return a :class:`PolicyOutput` instead of a tensor, to
+    log events. ``state.expressed`` holds what every agent showed last step
+    (``None`` before the first), for policies whose agents keep showing their
+    last message between messages.
+
     Optional: ``prepare(world, group)`` runs once when the world is built and
     raises ``ValueError`` if the policy cannot serve it (a target group that
     does not exist, a goal vector of the wrong length); the message is shown
     as a scenario error at the group's ``policy``.
+
+    Optional: ``measure(state, world, group, generator)`` returns ``None`` or a
+    :class:`PolicyOutput` whose ``expressed`` holds the group's own values as
+    measured now (an LLM persona's questionnaire); the engine calls it when the
+    world is built and after every step, and writes what it returns into the
+    group's values.
     """
 
     Params: ClassVar[type[BaseModel]]

@@ -24,15 +24,16 @@ Nothing here knows about files or the terminal; ``sim.runner`` does the logging.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from . import registry
-from .contracts import NetworkRequest, Reading
+from .contracts import NetworkRequest, PolicyOutput, Reading
 from .errors import ScenarioError
+from .llm import BudgetExhausted
 from .network import build_network, edges_to_network
 from .population import agent_params, initial_values, layout
 from .rng import Generators
@@ -57,14 +58,19 @@ class Simulation:
     policies: list[tuple[str, Any]]  # one per group, in group order
     metrics: list[tuple[str, Any]]
     metric_carry: list[Any]
+    # Events the policies reported since the runner last took them (LLM exchanges, ...).
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def build(cls, scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
-              seed: int | None = None, network: np.ndarray | None = None) -> "Simulation":
+              seed: int | None = None, network: np.ndarray | None = None,
+              context: dict[str, Any] | None = None) -> "Simulation":
         """Build the world of ``scenario`` (B = ``worlds`` or the scenario's ``worlds``) on ``device``.
 
         ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
         for benchmarks that give several tools the very same graph.
+        ``context`` carries run-level services to plugins (``world.context``):
+        the LLM response cache and its mode.
         """
         device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -85,16 +91,20 @@ class Simulation:
         honest = torch.cat([torch.full((grp.size,), getattr(p, "expresses_own_values", False), dtype=torch.bool)
                             for grp, (_, p) in zip(groups, policies)])
         group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
+        run_seed = spec.seed if seed is None else seed
         world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
-                      initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device))
+                      initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device),
+                      context={"seed": run_seed, **(context or {})})
         state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
         _prepare_policies(scenario, world, policies)
         dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
         _check_parameters_used(scenario, [d for _, d in dynamics])
-        return cls(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
+        simulation = cls(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
                    policies=policies,
                    metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
                    metric_carry=[None] * len(spec.metrics))
+        simulation._measure(at_build=True)
+        return simulation
 
     # ------------------------------------------------------------------ stepping
 
@@ -107,6 +117,8 @@ class Simulation:
         for name, dynamics in self.dynamics:
             try:
                 values = dynamics.apply(values, expressed, state, world, self.generators.dynamics)
+            except BudgetExhausted:
+                raise
             except Exception as exc:
                 raise StepError(f"step {state.step + 1}: dynamics {name!r} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
@@ -115,6 +127,7 @@ class Simulation:
         state.values = values
         state.step += 1
         self._note_convergence(before, values)
+        self._measure(at_build=False)
 
     def advance(self, steps: int) -> None:
         """Run ``steps`` steps without observing or logging."""
@@ -126,12 +139,41 @@ class Simulation:
             return self.state.values
         parts = []
         for group, (name, policy) in zip(self.world.groups, self.policies):
-            try:
-                parts.append(policy.express(self.state, self.world, group, self.generators.policies))
-            except Exception as exc:
-                raise StepError(f"step {self.state.step + 1}: policy {name!r} of group {group.name!r} raised "
-                                f"{type(exc).__name__}: {exc}") from exc
-        return torch.cat(parts, dim=1)
+            parts.append(self._call_policy("express", name, policy, group))
+        expressed = torch.cat(parts, dim=1)
+        self.state.expressed = expressed
+        return expressed
+
+    def _call_policy(self, method: str, name: str, policy: Any, group) -> torch.Tensor | None:
+        """Call a policy method, keep its events, and name the policy and step if it raises."""
+        step = self.state.step + (1 if method == "express" else 0)
+        try:
+            out = getattr(policy, method)(self.state, self.world, group, self.generators.policies)
+        except BudgetExhausted:
+            raise
+        except Exception as exc:
+            raise StepError(f"step {step}: policy {name!r} of group {group.name!r} raised "
+                            f"{type(exc).__name__}: {exc}") from exc
+        if isinstance(out, PolicyOutput):
+            self.events.extend({"step": step, "group": group.name, **e} for e in out.events)
+            return out.expressed
+        return out
+
+    def _measure(self, at_build: bool) -> None:
+        """Write what policies measure of their own agents (questionnaires) into the values."""
+        for group, (name, policy) in zip(self.world.groups, self.policies):
+            if not hasattr(policy, "measure"):
+                continue
+            measured = self._call_policy("measure", name, policy, group)
+            if measured is None:
+                continue
+            values = self.state.values.clone()
+            values[:, group.rows] = measured.to(values)
+            self.state.values = values
+            if at_build:  # the measured profile is where this agent starts
+                initial = self.world.initial.clone()
+                initial[:, group.rows] = measured.to(initial)
+                self.world = replace(self.world, initial=initial)
 
     def _note_convergence(self, before: torch.Tensor, after: torch.Tensor) -> None:
         tol = self.scenario.spec.stop.tolerance
@@ -147,6 +189,11 @@ class Simulation:
         return self.scenario.spec.stop.tolerance is not None and bool((self.state.converged_at >= 0).all())
 
     # ------------------------------------------------------------------ observing
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """The events reported since the last call, oldest first."""
+        events, self.events = self.events, []
+        return events
 
     def observe(self) -> list[Reading]:
         """Run every metric on the current state (updating their carries)."""
@@ -170,6 +217,7 @@ class Simulation:
             "values": self.state.values.cpu(),
             "active": self.state.active.cpu(),
             "converged_at": self.state.converged_at.clone(),
+            "expressed": None if self.state.expressed is None else self.state.expressed.cpu(),
             "generators": self.generators.state_dict(),
             "metric_carry": self.metric_carry,
             "fingerprint": self.fingerprint(),
@@ -180,8 +228,10 @@ class Simulation:
             raise ScenarioError("the checkpoint does not belong to this world (its initial values or network "
                                 "differ: was a file the scenario reads changed?)")
         device = self.world.device
+        expressed = snap.get("expressed")
         self.state = State(values=snap["values"].to(device), active=snap["active"].to(device), step=snap["step"],
-                           converged_at=snap["converged_at"])
+                           converged_at=snap["converged_at"],
+                           expressed=None if expressed is None else expressed.to(device))
         self.generators.load_state_dict(snap["generators"])
         self.metric_carry = snap["metric_carry"]
 

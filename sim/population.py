@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .distributions import Constant, DimResolver
 from .errors import ScenarioError
+from .persona import read_agent
 from .scenario import Scenario
 from .schema import FileInit, GroupSpec, ProfileInit
 from .state import AgentParams, Group
@@ -117,23 +117,12 @@ def read_values_file(scenario: Scenario, name: str, count: int, dims: tuple[str,
     return table
 
 
-def agents_dir(scenario: Scenario) -> Path:
-    """``agents/`` beside the scenario's folder or above it (the project layout), else in the working directory."""
-    for base in (scenario.base_dir, *scenario.base_dir.parents):
-        if (base / "agents").is_dir():
-            return base / "agents"
-    return Path.cwd() / "agents"
-
-
 def read_profile(scenario: Scenario, name: str, dims: tuple[str, ...], where: str) -> torch.Tensor:
     """The value profile of ``agents/<name>.yaml`` in the scenario's value space, ``[K]``."""
-    path = agents_dir(scenario) / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
-        from .registry import unknown_name_message
-
-        raise scenario.error(where, unknown_name_message("agent profile", name, known, f"profiles in {path.parent}"))
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data, path = read_agent(name, scenario.base_dir)
+    except ValueError as exc:
+        raise scenario.error(where, str(exc)) from None
     spaces = data.get("values", {})
     space = scenario.spec.values.name
     profile = spaces.get(space) if isinstance(spaces, dict) else None

@@ -38,6 +38,8 @@ import torch
 from .contracts import Reading
 
 TABLES = ("metrics", "values")
+# Events about the run itself; every other event belongs to a step and is replayed on resume.
+LIFECYCLE = {"started", "resumed", "interrupted", "failed", "complete", "converged", "budget_spent"}
 STATUSES = ("running", "complete", "failed", "interrupted")
 METRICS_SCHEMA = pa.schema([("world", pa.int32()), ("step", pa.int64()), ("metric", pa.string()),
                             ("group", pa.string()), ("dimension", pa.string()), ("value", pa.float64())])
@@ -105,6 +107,7 @@ class RunLog:
         self.dimensions = dimensions
         self._metrics: list[pa.RecordBatch] = []
         self._values: list[pa.RecordBatch] = []
+        self._events: list[str] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -129,6 +132,7 @@ class RunLog:
         for part in parts.glob("*.parquet"):
             if _part_step(part) > step:
                 part.unlink()
+        _drop_events_after(path / "events.jsonl", step)
         manifest.update(status="running", pid=os.getpid(), host=socket.gethostname(), ended=None, error=None)
         manifest.setdefault("resumed", []).append({"at": utc_now(), "from_step": step, "command": command})
         log = cls(path, manifest, tuple(dimensions))
@@ -140,9 +144,14 @@ class RunLog:
         atomic_write_bytes(self.path / "manifest.json", (json.dumps(self.manifest, indent=2) + "\n").encode())
 
     def event(self, event: str, step: int, **fields: Any) -> None:
+        """A lifecycle event, written at once."""
         line = json.dumps({"time": utc_now(), "step": step, "event": event, **fields}, default=str)
         with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
+
+    def add_events(self, events: list[dict[str, Any]]) -> None:
+        """Step events (LLM exchanges, ...), written with the next flush so they agree with the checkpoint."""
+        self._events.extend(json.dumps({"time": utc_now(), **e}, default=str) for e in events)
 
     # ------------------------------------------------------------------ rows
 
@@ -178,7 +187,11 @@ class RunLog:
         self._values.append(pa.RecordBatch.from_pydict(columns))
 
     def flush(self, step: int) -> None:
-        """Write buffered rows as parts ending at ``step`` (each part atomic)."""
+        """Write buffered rows as parts ending at ``step`` (each part atomic), and buffered events."""
+        if self._events:
+            with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in self._events))
+            self._events.clear()
         for name, buffer in (("metrics", self._metrics), ("values", self._values)):
             if buffer:
                 atomic_write_table(self.path / "parts" / f"{name}-{step:012d}.parquet",
@@ -214,6 +227,21 @@ class RunLog:
 
 def _part_step(part: Path) -> int:
     return int(part.stem.rsplit("-", 1)[1])
+
+
+def _drop_events_after(file: Path, step: int) -> None:
+    """Keep lifecycle events and the step events up to ``step`` (the rest will be made again)."""
+    if not file.is_file():
+        return
+    kept = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+        if event.get("event") in LIFECYCLE or event.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write_bytes(file, "".join(kept).encode("utf-8"))
 
 
 def gather_parts(path: Path) -> None:

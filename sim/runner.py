@@ -12,6 +12,7 @@ import torch
 
 from .engine import Simulation, StepError
 from .errors import RunDirError, RunFailed, ScenarioError
+from .llm import BudgetExhausted
 from .runlog import RunLog, new_run_dir, pid_alive, read_manifest, versions, git_commit
 from .scenario import Scenario, load_scenario, scenario_from_yaml
 
@@ -23,8 +24,9 @@ class Interrupted(Exception):
 
     exit_code = 1
 
-    def __init__(self, run_dir: Path, step: int):
-        super().__init__(f"interrupted at step {step}; resume with: valuesim resume {run_dir}")
+    def __init__(self, run_dir: Path, step: int, reason: str | None = None):
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"interrupted at step {step}{why}; resume with: valuesim resume {run_dir}")
         self.run_dir = run_dir
         self.step = step
 
@@ -32,7 +34,8 @@ class Interrupted(Exception):
 def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int | None = None,
         device: str = "cpu", out: str | Path | None = None, runs_dir: str | Path = "runs",
         overrides: list[str] | tuple[str, ...] = (), plugin_dirs: list[str | Path] | tuple = (),
-        command: list[str] | None = None, progress: Progress | None = None) -> Path:
+        llm_cache: str = "readwrite", command: list[str] | None = None,
+        progress: Progress | None = None) -> Path:
     """Run a scenario (a :class:`Scenario` or a path) and return its run directory.
 
     Everything that can be wrong with the input is checked (the world is
@@ -46,7 +49,8 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         scenario = _with_seed(scenario, seed)
     if worlds is not None:
         scenario = _with_worlds(scenario, worlds)
-    simulation = Simulation.build(scenario, device=device)
+    cache_path = Path(runs_dir) / ".llm-cache.sqlite"
+    simulation = Simulation.build(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
     path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
     if path.exists() and any(path.iterdir()):
         raise RunDirError(f"--out {path}: the directory exists and is not empty")
@@ -55,7 +59,7 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         "seed": scenario.spec.seed, "seeds": simulation.generators.seeds, "worlds": simulation.world.b,
         "agents": simulation.world.n, "steps": scenario.spec.steps, "device": _device_name(device),
         "command": command if command is not None else sys.argv, "versions": versions(),
-        "git_commit": git_commit(), "error": None,
+        "git_commit": git_commit(), "error": None, "llm_cache": {"mode": llm_cache, "path": str(cache_path)},
     }
     log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions)
     log.event("started", 0, agents=simulation.world.n, worlds=simulation.world.b)
@@ -78,7 +82,9 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
         raise RunDirError(f"{path}: no checkpoint to resume from (it stopped before the first one)")
     text = (path / "scenario.yaml").read_text(encoding="utf-8")
     scenario = scenario_from_yaml(text, str(path / "scenario.yaml"), base_dir=manifest["base_dir"])
-    simulation = Simulation.build(scenario, worlds=manifest["worlds"], device=device or _device_arg(manifest))
+    cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
+    simulation = Simulation.build(scenario, worlds=manifest["worlds"], device=device or _device_arg(manifest),
+                                  context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
     simulation.restore(torch.load(checkpoint, weights_only=False))
     log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step,
                         command if command is not None else sys.argv)
@@ -109,11 +115,13 @@ def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh:
     with _stop_on_signals() as stop:
         try:
             if fresh:
+                log.add_events(simulation.take_events())
                 record(0)
                 save()
             while simulation.state.step < steps and not simulation.converged:
                 simulation.step()
                 state = simulation.state
+                log.add_events(simulation.take_events())
                 record(state.step)
                 if progress:
                     progress(state.step, steps)
@@ -126,6 +134,11 @@ def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh:
                     raise Interrupted(log.path, state.step)
         except Interrupted:
             raise
+        except BudgetExhausted as exc:
+            # the step was cut short: the last checkpoint is the state to resume from
+            log.event("budget_spent", simulation.state.step + 1, error=str(exc))
+            log.finish("interrupted", simulation.state.step, error=str(exc))
+            raise Interrupted(log.path, simulation.state.step, reason=str(exc)) from None
         except StepError as exc:
             log.event("failed", simulation.state.step, error=str(exc))
             log.finish("failed", simulation.state.step, error=str(exc))
@@ -141,6 +154,18 @@ def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh:
     save()
     log.event("complete", state.step)
     log.finish("complete", state.step)
+
+
+def _llm_context(scenario: Scenario, mode: str, cache_path: Path) -> dict:
+    """The response cache, opened only when a group speaks through a language model."""
+    if mode not in ("off", "read", "readwrite"):
+        raise ScenarioError(f"must be off, read or readwrite, got {mode!r}", location="--llm-cache")
+    if mode == "off" or not any(g.policy.name == "llm" for g in scenario.spec.population):
+        return {"llm_cache": None, "llm_cache_mode": mode}
+    from .llmcache import ResponseCache
+
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    return {"llm_cache": ResponseCache(cache_path), "llm_cache_mode": mode}
 
 
 def _logged_agents(simulation: Simulation) -> torch.Tensor:

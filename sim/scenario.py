@@ -21,7 +21,9 @@ from pydantic import BaseModel, ValidationError
 
 from . import registry
 from .errors import PluginError, ScenarioError
-from .schema import PluginRef, ScenarioSpec
+from .distributions import Constant
+from .persona import resolve_persona
+from .schema import GroupSpec, PluginRef, ScenarioSpec
 from .yamlsource import Source, apply_overrides, format_path, parse_yaml, read_yaml
 from .valuespace import ValueSpace
 
@@ -60,6 +62,8 @@ class Scenario:
         data["metrics"] = [ref.as_yaml() for ref in self.spec.metrics]
         for group, raw in zip(self.spec.population, data["population"]):
             raw["policy"] = group.policy.as_yaml()
+            raw.pop("persona", None)  # a persona group's policy now carries the whole resolved persona
+            raw.pop("backend", None)
         return data
 
     def to_yaml(self) -> str:
@@ -115,7 +119,7 @@ def _build(source: Source, overrides, base_dir: Path) -> Scenario:
     except ValidationError as exc:
         raise _scenario_error(exc, source, ()) from None
     _load_plugin_files(spec, source, base_dir)
-    spec = _resolve_plugins(spec, source)
+    spec = _resolve_plugins(spec, source, base_dir)
     return Scenario(spec=spec, source=source, base_dir=base_dir)
 
 
@@ -134,15 +138,62 @@ def _load_plugin_files(spec: ScenarioSpec, source: Source, base_dir: Path) -> No
 # ---------------------------------------------------------------- plugins
 
 
-def _resolve_plugins(spec: ScenarioSpec, source: Source) -> ScenarioSpec:
+def _resolve_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> GroupSpec:
+    if group.persona is None:
+        if group.backend is not None:
+            raise _error(source, ("population", i, "backend"), "a backend is for groups with a persona")
+        return group.model_copy(update={"policy": _resolve_ref("policies", group.policy, ("population", i, "policy"),
+                                                                 source)})
+    return _persona_group(group, i, source, base_dir)
+
+
+def _persona_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> GroupSpec:
+    """A persona group: the ``llm`` policy with the persona file resolved, plus the persona's defaults."""
+    where = ("population", i, "persona")
+    if "policy" in group.model_fields_set:
+        raise _error(source, ("population", i, "policy"), "a group with a persona speaks through it; "
+                     "remove either policy or persona")
+    try:
+        persona = resolve_persona(group.persona, base_dir)
+    except ValueError as exc:
+        raise _error(source, where, str(exc)) from None
+    if group.backend is not None:
+        persona["backend"] = {group.backend.name: group.backend.params}
+    backend = PluginRef.model_validate(persona.get("backend", "scripted"))
+    backend_path = ("population", i, "backend") if group.backend is not None else where
+    persona["backend"] = {"name": backend.name, "params": _plugin_params(
+        "llm_backends", backend.name, backend.params, backend_path, backend_path, source)}
+    reader = PluginRef.model_validate(persona.get("reader", "auto"))
+    persona["reader"] = {"name": reader.name, "params": _plugin_params(
+        "value_readers", reader.name, reader.params, where, where, source)}
+    params = _plugin_params("policies", "llm", {"persona": persona}, where, where, source)
+    update: dict[str, Any] = {"policy": PluginRef(name="llm", params=params)}
+    kind = params["persona"]["kind"]
+    if "kind" not in group.model_fields_set:
+        update["kind"] = kind
+    elif group.kind not in ("llm", "ai"):
+        raise _error(source, ("population", i, "kind"), f"a group with a persona is llm or ai, got {group.kind!r}")
+    if "zealots" not in group.model_fields_set and not params["persona"]["adapts"]:
+        update["zealots"] = 1.0  # a persona's own values stay put unless it adapts
+    if "init" not in group.model_fields_set:
+        space = source.data.get("values", "schwartz10") if isinstance(source.data, dict) else "schwartz10"
+        profile = params["persona"]["values"].get(space if isinstance(space, str) else "custom")
+        if profile is not None:
+            update["init"] = Constant(dist="constant", value=dict(profile))
+    return group.model_copy(update=update)
+
+
+def _error(source: Source, path: tuple, message: str) -> ScenarioError:
+    return ScenarioError(message, location=source.locate(path), path=format_path(path))
+
+
+def _resolve_plugins(spec: ScenarioSpec, source: Source, base_dir: Path) -> ScenarioSpec:
     network = spec.network.model_copy(update={"params": _plugin_params(
         "networks", spec.network.generator, spec.network.params, ("network", "generator"),
         ("network", "params"), source)})
     dynamics = [_resolve_ref("dynamics", ref, ("dynamics", i), source) for i, ref in enumerate(spec.dynamics)]
     metrics = [_resolve_ref("metrics", ref, ("metrics", i), source) for i, ref in enumerate(spec.metrics)]
-    population = [g.model_copy(update={"policy": _resolve_ref("policies", g.policy, ("population", i, "policy"),
-                                                              source)})
-                  for i, g in enumerate(spec.population)]
+    population = [_resolve_group(g, i, source, base_dir) for i, g in enumerate(spec.population)]
     return spec.model_copy(update={"network": network, "dynamics": dynamics, "metrics": metrics,
                                    "population": population})
 

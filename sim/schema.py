@@ -176,6 +176,11 @@ class GroupSpec(Strict):
     anchoring: AgentParam(0.0, 1.0) = Constant(value=0.0)
     zealots: UnitFloat = 0.0
     policy: PluginRef = PluginRef(name="honest")
+    persona: str | dict[str, Any] | None = None
+    """An LLM persona: the name of ``agents/<name>.yaml``, or ``{name: ..., field: override}``."""
+    backend: PluginRef | None = None
+    """For a persona group: the LLM backend to use instead of the persona's (``scripted``, ``transformers``,
+    ``openai``)."""
 
 
 class NetworkSpec(Strict):

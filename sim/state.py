@@ -95,6 +95,8 @@ class World:
     initial: torch.Tensor  # [B, N, K] values at step 0
     group_index: torch.Tensor  # [N] int64: the group of each agent
     honest: torch.Tensor  # [N] bool: the agent's policy shows its current values (dynamics read them live)
+    # Run-level services for plugins that need them (``seed``, ``llm_cache``, ``llm_cache_mode``).
+    context: dict = field(default_factory=dict, compare=False)
 
     @property
     def b(self) -> int:
@@ -125,6 +127,8 @@ class State:
     step: int = 0
     # Per-world step at which the world stopped changing (-1 while it still moves).
     converged_at: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    # What every agent showed in the last step ([B, N, K]); None until a non-honest policy has run.
+    expressed: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.converged_at is None:

@@ -33,7 +33,7 @@ CASES = [
      "s.yaml:10 population[0].confidence: must be in (0, 1], got uniform on [0, 0.3)"),
     ("confidence: 0.3", "cofidence: 0.3",
      "s.yaml:10 population[0].cofidence: unknown key 'cofidence'; did you mean 'confidence'? "
-     "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy)"),
+     "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy, persona, backend)"),
     ("count: 50", "count: many", "s.yaml:9 population[0].count: must be an integer, got 'many'"),
     ("count: 50", "count: 0", "s.yaml:9 population[0].count: must be >= 1, got 0"),
     ("deffuant:", "defuant:",

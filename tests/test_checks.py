@@ -18,7 +18,13 @@ CHECKS = {"dynamics": check_dynamics, "metrics": check_metric, "networks": check
 PARAMS = {
     "networks": {"erdos_renyi": {"p": 0.3}, "watts_strogatz": {"k": 4, "p": 0.1}, "barabasi_albert": {"m": 2},
                  "powerlaw_cluster": {"m": 2, "p": 0.1}, "stochastic_block": {"p_in": 0.5, "p_out": 0.1}},
-    "policies": {"strategic_influencer": {"goal": 0.9}},
+    "policies": {"strategic_influencer": {"goal": 0.9},
+                 # an offline LLM persona in the checker's own value space ("check", d0..d2)
+                 "llm": {"persona": {"name": "tiny", "values": {"check": {"d0": 0.2, "d1": 0.5, "d2": 0.8}},
+                                     "goal": {"check": {"d0": 0.9, "d1": 0.9, "d2": 0.1}}, "strategy": "covert",
+                                     "system_prompt": "You value {values_text}.",
+                                     "message_prompt": "They value {audience_text}.",
+                                     "questionnaire": {"at_start": False}}}},
 }
 ORIGIN = "file /plugins/fake.py"
 WORLD = "the tiny world of sim.checks (B=2, N=12 in 2 groups, K=3, a ring)"

@@ -1,0 +1,1 @@
+"""LLM agents: backends, value readers and the policy that makes a population row speak."""

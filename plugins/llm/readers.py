@@ -1,0 +1,315 @@
+"""Value readers: what value vector does a message express?
+
+Each class is a ``valuesim.value_readers`` plugin (see ``sim.llm.ValueReader``):
+``read(responses, dimensions, backend)`` returns, per response, K floats in
+[0, 1] or ``None``, and a note per response (``""`` when clean, else what was
+repaired or why it failed). The caller (the LLM policy) falls back to the
+speaker's own values for a ``None`` and logs the note.
+
+- ``direct``: the values the backend already attached (the ``scripted`` backend).
+- ``json_ratings``: asks the model to rate each message on every dimension
+  from 0 to 10 as JSON, then parses the reply forgivingly.
+- ``auto``: ``direct`` where a response has values, ``json_ratings`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from sim.contracts import NoParams, PluginParams
+from sim.llm import ChatRequest, ChatResponse, LLMBackend, Sampling, complete
+
+Vectors = list[list[float] | None]
+
+RATING_MIN, RATING_MAX = 0, 10
+MIDPOINT = 0.5  # "neutral or not addressed" on the rating scale, and the value a missing rating is filled with
+
+# One line per dimension of the built-in spaces (sim.valuespace.BUILTIN_SPACES). A bipolar
+# dimension says what each end of the scale means; the others use the shared scale line.
+MEANINGS: dict[str, str] = {
+    # Schwartz's ten basic values
+    "self_direction": "independent thought and action: choosing, creating, exploring for oneself",
+    "stimulation": "excitement, novelty and challenge in life",
+    "hedonism": "pleasure and enjoying life",
+    "achievement": "personal success through showing competence by social standards",
+    "power": "social status, prestige, control over people and resources",
+    "security": "safety, harmony and stability of society, relationships and self",
+    "conformity": "restraint of actions that break social norms or upset others",
+    "tradition": "respect for and commitment to the customs and ideas of one's culture or religion",
+    "benevolence": "caring for the welfare of the people one is close to",
+    "universalism": "understanding, tolerance and protection of the welfare of all people and of nature",
+    # Moral Foundations Theory (with liberty)
+    "care": "concern for the suffering of others; kindness, protecting the vulnerable",
+    "fairness": "justice, equal treatment, rights, not cheating",
+    "loyalty": "standing with one's group, family or nation; not betraying it",
+    "authority": "respect for tradition, legitimate leaders and social order",
+    "sanctity": "purity, avoiding what degrades or disgusts; treating some things as sacred",
+    "liberty": "freedom from domination and coercion; resisting control by others",
+    # World Values Survey cultural map
+    "traditional_secular": "0 = traditional (religion, family ties, national pride, deference to authority), "
+                           "10 = secular-rational (less weight on religion, tradition and authority)",
+    "survival_self_expression": "0 = survival (economic and physical security first, low trust and tolerance), "
+                                "10 = self-expression (tolerance, trust, participation, quality of life)",
+}
+BIPOLAR = frozenset({"traditional_secular", "survival_self_expression"})
+
+SYSTEM_PROMPT = ("You rate which values a short message expresses. You are careful and consistent, "
+                 "and you answer with JSON only.")
+
+
+class Direct:
+    """The value vector the backend attached to each response (``response.values``); no model call.
+
+    Only backends that know the expressed values (the offline ``scripted``
+    one) attach them; a response without values is ``None`` with the note
+    ``no values in response``.
+    """
+
+    Params = NoParams
+
+    def __init__(self, params: NoParams):
+        self.params = params
+
+    def read(self, responses: list[ChatResponse], dimensions: tuple[str, ...],
+             backend: LLMBackend) -> tuple[Vectors, list[str]]:
+        pairs = [_attached(response, len(dimensions)) for response in responses]
+        return [vector for vector, _ in pairs], [note for _, note in pairs]
+
+
+def _attached(response: ChatResponse, k: int) -> tuple[list[float] | None, str]:
+    if response.values is None:
+        return None, "no values in response"
+    if len(response.values) != k:
+        return None, f"the response has {len(response.values)} values, expected {k}"
+    values = [float(v) for v in response.values]
+    if not all(math.isfinite(v) for v in values):
+        return None, "the response's values are not all finite"
+    clamped = [min(max(v, 0.0), 1.0) for v in values]
+    return clamped, "clamped" if clamped != values else ""
+
+
+class JsonRatings:
+    """Asks the model to rate each message on every value dimension from 0 to 10, as JSON.
+
+    One batch of rating requests for all messages, through the same backend
+    (and so the same cache). The reply is parsed forgivingly: the first JSON
+    object (or list, in dimension order) in it; numbers or numeric strings;
+    keys matched ignoring case, spaces, underscores and hyphens; ratings
+    clamped to [0, 10] then scaled to [0, 1]. Up to ``max_missing``
+    dimensions without a rating are filled with 0.5 (the scale's "neutral");
+    more than that, or an unreadable reply, gives ``None``.
+    """
+
+    class Params(PluginParams):
+        """How the rating requests are sampled, and how many missing ratings are forgiven."""
+
+        temperature: Annotated[float, Field(ge=0)] = 0.0
+        """Sampling temperature of the rating requests (0: the same message always gets the same rating)."""
+        max_tokens: Annotated[int, Field(ge=8)] = 120
+        """Token limit of a rating reply; the JSON for ten dimensions needs about 80."""
+        seed: int = 0
+        """Sampling seed of the rating requests (part of the cache key)."""
+        max_missing: Annotated[int, Field(ge=0)] | None = None
+        """How many dimensions a reply may leave out before it counts as unreadable (default: half of K)."""
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def read(self, responses: list[ChatResponse], dimensions: tuple[str, ...],
+             backend: LLMBackend) -> tuple[Vectors, list[str]]:
+        vectors: Vectors = [None] * len(responses)
+        notes = [""] * len(responses)
+        asked: list[int] = []
+        for i, response in enumerate(responses):
+            if response.error is not None:
+                notes[i] = f"no message to rate (the backend failed: {response.error})"
+            elif not response.text.strip():
+                notes[i] = "no message to rate (empty reply)"
+            else:
+                asked.append(i)
+        requests = [self.rating_request(responses[i].text, dimensions, index=i) for i in asked]
+        for i, reply in zip(asked, complete(backend, requests)):
+            if reply.error is not None:
+                notes[i] = f"the rating request failed: {reply.error}"
+            else:
+                vectors[i], notes[i] = parse_ratings(reply.text, dimensions, self._max_missing(len(dimensions)))
+        return vectors, notes
+
+    def rating_request(self, message: str, dimensions: tuple[str, ...], index: int = 0) -> ChatRequest:
+        """The request that asks for one message's ratings."""
+        p = self.params
+        return ChatRequest(
+            messages=({"role": "system", "content": SYSTEM_PROMPT},
+                      {"role": "user", "content": rating_prompt(message, dimensions)}),
+            sampling=Sampling(temperature=p.temperature, top_p=1.0, max_tokens=p.max_tokens),
+            seed=p.seed,
+            hints={"purpose": "value_rating", "dimensions": list(dimensions)},
+            tag={"purpose": "value_rating", "message": index},
+        )
+
+    def _max_missing(self, k: int) -> int:
+        return k // 2 if self.params.max_missing is None else self.params.max_missing
+
+
+class Auto:
+    """``direct`` when a response carries its values, ``json_ratings`` for those that do not.
+
+    Takes the parameters of ``json_ratings``, used only when some response has no values.
+    """
+
+    class Params(JsonRatings.Params):
+        """The parameters of ``json_ratings``, for the responses that carry no values."""
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def read(self, responses: list[ChatResponse], dimensions: tuple[str, ...],
+             backend: LLMBackend) -> tuple[Vectors, list[str]]:
+        vectors, notes = Direct(NoParams()).read(responses, dimensions, backend)
+        unread = [i for i, response in enumerate(responses) if response.values is None]
+        if unread:
+            rater = JsonRatings(JsonRatings.Params(**self.params.model_dump()))
+            rated, rated_notes = rater.read([responses[i] for i in unread], dimensions, backend)
+            for i, vector, note in zip(unread, rated, rated_notes):
+                vectors[i], notes[i] = vector, note
+        return vectors, notes
+
+
+# ---------------------------------------------------------------- the prompt
+
+
+def rating_prompt(message: str, dimensions: tuple[str, ...]) -> str:
+    """The user turn: the dimensions with their meanings, the scale, the message and the exact JSON shape."""
+    lines = [f"Rate the message below on each of these values, from {RATING_MIN} to {RATING_MAX}:", ""]
+    for name in dimensions:
+        meaning = MEANINGS.get(name)
+        lines.append(f"- {name}: {meaning}" if meaning else f"- {name}")
+    bipolar = any(name in BIPOLAR for name in dimensions)
+    lines.append("")
+    if any(name not in BIPOLAR for name in dimensions):
+        scope = "For the values without their own scale above" if bipolar else "For each value"
+        lines.append(f"{scope}: 0 = the message rejects or opposes it, 5 = neutral or not addressed, "
+                     "10 = the message strongly endorses it.")
+    if bipolar:
+        lines.append("For a value with its own scale: 5 = in between, or not addressed.")
+    shape = "{" + ", ".join(f'"{name}": <{RATING_MIN}-{RATING_MAX}>' for name in dimensions) + "}"
+    lines += ["", "Message:", '"""', message.strip(), '"""', "",
+              "Answer with JSON only, no other text, exactly in this shape, "
+              f"with a whole number from {RATING_MIN} to {RATING_MAX} for every key:", shape]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- parsing the reply
+
+
+def parse_ratings(reply: str, dimensions: tuple[str, ...],
+                  max_missing: int) -> tuple[list[float] | None, str]:
+    """One reply to a rating request -> (K values in [0, 1] or None, note).
+
+    See :class:`JsonRatings` for what is forgiven. Notes, joined by ``"; "``:
+    ``repaired: not strict JSON``, ``ignored: a, b`` (unknown keys),
+    ``clamped``, ``filled: x, y``; on failure, why.
+    """
+    found, notes = _extract(reply)
+    if found is None:
+        return None, f"no JSON object or list in the reply: {_preview(reply)}"
+    if isinstance(found, list):
+        ratings, more = _from_list(found, dimensions)
+    else:
+        ratings, more = _from_object(found, dimensions)
+    if ratings is None:
+        return None, more[0]
+    notes += more
+    scaled, clamped = {}, False
+    for name, rating in ratings.items():
+        bounded = min(max(rating, RATING_MIN), RATING_MAX)
+        clamped |= bounded != rating
+        scaled[name] = (bounded - RATING_MIN) / (RATING_MAX - RATING_MIN)
+    if clamped:
+        notes.append("clamped")
+    missing = [name for name in dimensions if name not in scaled]
+    if len(missing) == len(dimensions):
+        return None, f"no rating for any dimension in the reply: {_preview(reply)}"
+    if len(missing) > max_missing:
+        return None, (f"{len(missing)} of {len(dimensions)} dimensions missing (at most {max_missing} "
+                      f"may be filled): {', '.join(missing)}")
+    if missing:
+        notes.append(f"filled: {', '.join(missing)}")
+    return [scaled.get(name, MIDPOINT) for name in dimensions], "; ".join(notes)
+
+
+def _extract(reply: str) -> tuple[dict | list | None, list[str]]:
+    """The first JSON object or list in the reply; failing that, ``key: number`` pairs inside the first braces."""
+    decoder = json.JSONDecoder()
+    # Objects first: prose before a list reply rarely holds an object, but prose before an
+    # object often holds a bracket ("on a scale [0, 10]").
+    for opener, wanted in (("{", dict), ("[", list)):
+        for match in re.finditer(re.escape(opener), reply):
+            try:
+                found, _ = decoder.raw_decode(reply, match.start())
+            except json.JSONDecodeError:
+                continue
+            if isinstance(found, wanted) and found and (wanted is dict or all(_number(v) is not None for v in found)):
+                return found, []
+    braces = re.search(r"\{[^{}]*\}?", reply)
+    if braces:
+        # Single quotes, trailing commas, unquoted keys, a reply cut off by the token limit.
+        pairs = re.findall(r"""["']?([A-Za-z][A-Za-z0-9 _\-]*)["']?\s*[:=]\s*["']?(-?\d+(?:\.\d+)?)""",
+                           braces.group(0))
+        if pairs:
+            return dict(pairs), ["repaired: not strict JSON"]
+    return None, []
+
+
+def _from_object(found: dict, dimensions: tuple[str, ...]) -> tuple[dict[str, float] | None, list[str]]:
+    by_key = {_normal(name): name for name in dimensions}
+    if not any(_normal(str(key)) in by_key for key in found):
+        inner = [value for value in found.values() if isinstance(value, dict)]
+        if len(inner) == 1:  # {"ratings": {...}}
+            found = inner[0]
+    ratings: dict[str, float] = {}
+    ignored: list[str] = []
+    for key, value in found.items():
+        name = by_key.get(_normal(str(key)))
+        number = _number(value)
+        if name is None:
+            ignored.append(str(key))
+        elif number is not None and name not in ratings:
+            ratings[name] = number
+    return ratings, [f"ignored: {', '.join(ignored)}"] if ignored else []
+
+
+def _from_list(found: list, dimensions: tuple[str, ...]) -> tuple[dict[str, float] | None, list[str]]:
+    if len(found) > len(dimensions):
+        return None, [f"the reply is a list of {len(found)} numbers, expected {len(dimensions)}"]
+    return {name: _number(value) for name, value in zip(dimensions, found)}, []
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a JSON number or a numeric string (``"7"``, ``" 7.5 "``, ``"7/10"``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?", value)
+        if not match:
+            return None
+        number = float(match.group(1))
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _normal(key: str) -> str:
+    return re.sub(r"[\s_\-]+", "", key).lower()
+
+
+def _preview(text: str, limit: int = 60) -> str:
+    flat = " ".join(text.split())
+    return repr(flat if len(flat) <= limit else flat[:limit] + "...")
