@@ -282,7 +282,8 @@ def _check_parameters_used(scenario: Scenario, dynamics: list[Any]) -> None:
         used.update(getattr(plugin, "uses", ()))
     for i, group in enumerate(scenario.spec.population):
         for name in ("confidence", "rate", "anchoring"):
-            if name in group.model_fields_set and name not in used:
+            # a resolved scenario spells out every default, so only a value away from it counts as set
+            if getattr(group, name) != type(group).model_fields[name].default and name not in used:
                 users = [n for n in registry.names("dynamics") if name in getattr(registry.get("dynamics", n),
                                                                                   "uses", ())]
                 raise scenario.error(

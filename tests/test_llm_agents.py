@@ -1,0 +1,133 @@
+"""LLM agents in a world: personas, the scripted backend end to end, the cache, resume, the log."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pandas as pd
+import pytest
+
+import sim
+from sim.cli import main
+from sim.runner import Interrupted
+from tests.conftest import REPO
+
+
+def town(**changes) -> dict:
+    data = {
+        "name": "town", "seed": 5, "steps": 6, "log_every": 2, "values": "wvs2",
+        "network": {"generator": "stochastic_block",
+                    "params": {"p": [[0.03, 0.3, 0.3], [0.3, 0.0, 0.0], [0.3, 0.0, 0.0]]}},
+        "population": [
+            {"name": "people", "count": 200, "confidence": 0.3, "rate": 0.3},
+            {"name": "assistants", "count": 2, "persona": "neutral_assistant"},
+            {"name": "manipulators", "count": 2, "persona": {"name": "covert_manipulator", "schedule": {"every": 2}}},
+        ],
+        "dynamics": ["deffuant"], "metrics": ["mean_values"],
+    }
+    data.update(changes)
+    return data
+
+
+def _run(tmp_path, write_scenario, data, sub="runs", **kwargs):
+    path = write_scenario(data, name=f"{sub}.yaml")
+    return sim.run(path, runs_dir=tmp_path / sub, **kwargs)
+
+
+def _exchanges(run_dir):
+    return [e for e in sim.open_run(run_dir).events() if e["event"] == "llm_message"]
+
+
+def test_scripted_llm_agents_speak_and_every_exchange_is_logged(tmp_path, write_scenario):
+    run_dir = _run(tmp_path, write_scenario, town())
+    messages = _exchanges(run_dir)
+    by_group = {g: [e for e in messages if e["group"] == g] for g in ("assistants", "manipulators")}
+    assert len(by_group["assistants"]) == 2 * 6, "two assistants speak every step"
+    assert {e["step"] for e in by_group["manipulators"]} == {2, 4, 6}, "the override: every second step"
+    first = by_group["assistants"][0]
+    assert set(first) >= {"agent", "persona", "prompt_hash", "response", "expressed", "prompt_tokens",
+                          "completion_tokens", "latency_s", "cached", "world", "step"}
+    assert first["persona"] == "neutral_assistant" and first["agent"] == 200 and first["response"]
+    assert len(first["expressed"]) == 2 and all(0 <= v <= 1 for v in first["expressed"])
+    questionnaires = [e for e in sim.open_run(run_dir).events() if e["event"] == "llm_questionnaire"]
+    assert len(questionnaires) == 4 and all(e["step"] == 0 for e in questionnaires)
+    values = sim.open_run(run_dir).values()
+    start = values[(values.step == 0) & (values.agent == 200)][["traditional_secular", "survival_self_expression"]]
+    assert start.iloc[0].tolist() == pytest.approx([0.6, 0.6], abs=0.21), "the measured profile is the start"
+    scenario = sim.open_run(run_dir).scenario
+    assert scenario["population"][1]["kind"] == "llm" and scenario["population"][1]["zealots"] == 1.0
+    assert scenario["population"][1]["policy"]["llm"]["persona"]["name"] == "neutral_assistant"
+
+
+def test_twin_runs_match_and_a_second_run_is_served_from_the_cache(tmp_path, write_scenario):
+    first = _run(tmp_path, write_scenario, town(), sub="cache")
+    second = _run(tmp_path, write_scenario, town(), sub="cache")
+    for a, b in zip((sim.open_run(first).metrics(), sim.open_run(first).values()),
+                    (sim.open_run(second).metrics(), sim.open_run(second).values())):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert not any(e["cached"] for e in _exchanges(first))
+    assert all(e["cached"] for e in _exchanges(second)), "the second run made model calls"
+    strip = [{k: v for k, v in e.items() if k not in ("time", "cached")} for e in _exchanges(first)]
+    assert strip == [{k: v for k, v in e.items() if k not in ("time", "cached")} for e in _exchanges(second)]
+    assert (tmp_path / "cache" / ".llm-cache.sqlite").is_file()
+
+
+def test_cache_off_writes_no_cache_and_gives_the_same_run(tmp_path, write_scenario):
+    on = _run(tmp_path, write_scenario, town(), sub="on")
+    off = _run(tmp_path, write_scenario, town(), sub="off", llm_cache="off")
+    assert not (tmp_path / "off" / ".llm-cache.sqlite").exists()
+    pd.testing.assert_frame_equal(sim.open_run(on).values(), sim.open_run(off).values(), check_exact=True)
+
+
+def test_resume_with_llm_agents_equals_an_uninterrupted_run(tmp_path, write_scenario):
+    data = town(steps=12, log={"checkpoint_every": 4})
+    whole = _run(tmp_path, write_scenario, data, sub="whole", llm_cache="off")
+
+    def stop_at_step_6(step, total):  # a real SIGTERM, delivered mid-run
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="interrupted at step 6"):
+        _run(tmp_path, write_scenario, data, sub="cut", llm_cache="off", progress=stop_at_step_6)
+    (cut,) = (tmp_path / "cut").iterdir()
+    assert sim.open_run(cut).status == "interrupted"
+    sim.resume(cut)
+    for a, b in zip((sim.open_run(whole).metrics(), sim.open_run(whole).values()),
+                    (sim.open_run(cut).metrics(), sim.open_run(cut).values())):
+        pd.testing.assert_frame_equal(a, b, check_exact=True)
+    strip = lambda es: [{k: v for k, v in e.items() if k not in ("time", "cached")} for e in es]  # noqa: E731
+    assert strip(_exchanges(whole)) == strip(_exchanges(cut)), "each exchange is logged once, as uninterrupted"
+
+
+def _distance_to_goal(tmp_path, write_scenario, persona, sub):
+    data = town(steps=30, log_every=30, worlds=4)
+    data["population"][2]["persona"] = {"name": persona, "schedule": {"every": 1}}
+    data["population"][1]["count"] = 1
+    run_dir = _run(tmp_path, write_scenario, data, sub=sub)
+    goal = {"traditional_secular": 0.2, "survival_self_expression": 0.1}
+    values = sim.open_run(run_dir).values()
+    people = values[(values.step == 30) & (values.group == "people")]
+    return sum((people[d] - g) ** 2 for d, g in goal.items()).pow(0.5).mean()
+
+
+def test_covert_manipulators_pull_people_toward_their_hidden_goal(tmp_path, write_scenario):
+    manipulated = _distance_to_goal(tmp_path, write_scenario, "covert_manipulator", "ma")
+    served = _distance_to_goal(tmp_path, write_scenario, "neutral_assistant", "na")
+    assert manipulated < served - 0.02, (manipulated, served)
+
+
+def test_bad_persona_names_the_line(tmp_path, write_scenario, capsys):
+    data = town()
+    data["population"][1]["persona"] = "neutral_asistant"
+    path = write_scenario(data)
+    assert main(["validate", str(path)]) == 2
+    line = 1 + path.read_text().splitlines().index("  persona: neutral_asistant")
+    err = capsys.readouterr().err
+    assert err.startswith(f"valuesim: error: {path}:{line} population[1].persona: unknown agent definition "
+                          f"'neutral_asistant'; did you mean 'neutral_assistant'?")
+
+
+def test_the_llm_town_scenario_runs_offline(tmp_path):
+    run_dir = sim.run(REPO / "scenarios" / "llm_town.yaml", runs_dir=tmp_path, overrides=["steps=2"])
+    assert sim.open_run(run_dir).status == "complete" and _exchanges(run_dir)
