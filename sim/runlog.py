@@ -144,10 +144,15 @@ class RunLog:
         atomic_write_bytes(self.path / "manifest.json", (json.dumps(self.manifest, indent=2) + "\n").encode())
 
     def event(self, event: str, step: int, **fields: Any) -> None:
-        """A lifecycle event, written at once."""
-        line = json.dumps({"time": utc_now(), "step": step, "event": event, **fields}, default=str)
-        with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        """A lifecycle event, written at once (after the step events before it, to keep the order)."""
+        self._events.append(json.dumps({"time": utc_now(), "step": step, "event": event, **fields}, default=str))
+        self._write_events()
+
+    def _write_events(self) -> None:
+        if self._events:
+            with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
+                fh.write("".join(line + "\n" for line in self._events))
+            self._events.clear()
 
     def add_events(self, events: list[dict[str, Any]]) -> None:
         """Step events (LLM exchanges, ...), written with the next flush so they agree with the checkpoint."""
@@ -188,10 +193,7 @@ class RunLog:
 
     def flush(self, step: int) -> None:
         """Write buffered rows as parts ending at ``step`` (each part atomic), and buffered events."""
-        if self._events:
-            with open(self.path / "events.jsonl", "a", encoding="utf-8") as fh:
-                fh.write("".join(line + "\n" for line in self._events))
-            self._events.clear()
+        self._write_events()
         for name, buffer in (("metrics", self._metrics), ("values", self._values)):
             if buffer:
                 atomic_write_table(self.path / "parts" / f"{name}-{step:012d}.parquet",

@@ -90,7 +90,7 @@ def test_resume_with_llm_agents_equals_an_uninterrupted_run(tmp_path, write_scen
 
     with pytest.raises(Interrupted, match="interrupted at step 6"):
         _run(tmp_path, write_scenario, data, sub="cut", llm_cache="off", progress=stop_at_step_6)
-    (cut,) = (tmp_path / "cut").iterdir()
+    (cut,) = [p for p in (tmp_path / "cut").iterdir() if p.is_dir()]
     assert sim.open_run(cut).status == "interrupted"
     sim.resume(cut)
     for a, b in zip((sim.open_run(whole).metrics(), sim.open_run(whole).values()),
@@ -131,3 +131,67 @@ def test_bad_persona_names_the_line(tmp_path, write_scenario, capsys):
 def test_the_llm_town_scenario_runs_offline(tmp_path):
     run_dir = sim.run(REPO / "scenarios" / "llm_town.yaml", runs_dir=tmp_path, overrides=["steps=2"])
     assert sim.open_run(run_dir).status == "complete" and _exchanges(run_dir)
+
+
+# ---------------------------------------------------------------- against a real HTTP server on loopback
+
+SECRET = "sk-test-SECRET-7d1e"
+
+
+def _openai_town(server, **backend):
+    data = town(steps=4, log_every=2)
+    params = {"base_url": server.base_url, "model": "fake-1", "api_key_env": "VALUESIM_TEST_KEY",
+              "timeout_s": 2, "backoff_s": 0.01, **backend}
+    data["population"][1]["backend"] = {"openai": params}
+    data["population"][2]["backend"] = {"openai": params}
+    return data
+
+
+def _files_mention(folder, text: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+def test_openai_backend_run_reads_json_ratings_and_keeps_the_key_secret(tmp_path, write_scenario, monkeypatch):
+    from sim.llm_testserver import FakeChatServer
+
+    monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
+    with FakeChatServer(latency_s=0.005) as server:
+        run_dir = _run(tmp_path, write_scenario, _openai_town(server))
+        assert all(r["headers"].get("Authorization") == f"Bearer {SECRET}" for r in server.requests)
+    view = sim.open_run(run_dir)
+    assert view.status == "complete"
+    messages = _exchanges(run_dir)
+    assert messages and all(e["response"].startswith("echo seed=") and e["reader"] is None for e in messages)
+    assert not _files_mention(tmp_path, SECRET), "the key reached a file"
+    assert not _files_mention(tmp_path, "VALUESIM_TEST_KEY" + "=")
+
+
+def test_openai_faults_are_retried_or_logged_and_the_run_completes(tmp_path, write_scenario, monkeypatch):
+    from sim.llm_testserver import FakeChatServer
+
+    monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
+    faults = {"500": 0.2, "429": 0.1, "malformed": 0.1, "no_choices": 0.05}
+    with FakeChatServer(fault_rates=faults, retry_after="0") as server:
+        run_dir = _run(tmp_path, write_scenario, _openai_town(server, max_retries=6))
+        seen = {r["fault"] for r in server.requests}
+    assert {"500", "429", "malformed"} <= seen
+    assert sim.open_run(run_dir).status == "complete"
+    assert not _files_mention(tmp_path, SECRET)
+
+
+def test_a_spent_budget_stops_the_run_cleanly_and_it_can_be_resumed(tmp_path, write_scenario, monkeypatch, capsys):
+    from sim.llm_testserver import FakeChatServer
+
+    monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
+    with FakeChatServer() as server:
+        path = write_scenario(_openai_town(server, max_requests=14))
+        assert main(["run", str(path), "--quiet", "--runs-dir", str(tmp_path / "runs")]) == 1
+        err = capsys.readouterr().err
+        assert "request budget of 14 spent" in err and "resume with: valuesim resume" in err
+        (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+        view = sim.open_run(run_dir)
+        assert view.status == "interrupted" and "budget" in view.manifest["error"]
+        assert [e["event"] for e in view.events()][-1] == "budget_spent"
+        # the cache holds what was answered, so a resume needs fewer requests; give it room to finish
+        assert main(["resume", str(run_dir), "--quiet"]) in (0, 1)
+    assert not _files_mention(tmp_path, SECRET)
