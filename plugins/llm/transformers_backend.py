@@ -19,8 +19,10 @@ works without the extra.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import inspect
+import io
 import threading
 import time
 from dataclasses import dataclass
@@ -182,8 +184,11 @@ def _load_uncached(model: str, device: str, dtype: str) -> LoadedModel:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a run's own progress bar is the only one on its terminal
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True, **extra)
-        network = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=_DTYPES[dtype], **extra)
+        # the GGUF reader draws its own tqdm bar on stderr, whatever the settings say
+        with contextlib.redirect_stderr(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True, **extra)
+            network = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=_DTYPES[dtype],
+                                                           **extra)
     except OSError as exc:
         raise PluginError(f"transformers backend: cannot load model {model!r} from local files (nothing is "
                           f"downloaded; give a directory, a .gguf file or a model in the local Hugging Face "
