@@ -106,7 +106,8 @@ def _validate(args) -> int:
     from .scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides, args.plugin_dirs)
-    Simulation.build(scenario, worlds=1)  # builds the network and population too: files, sizes, profiles
+    # builds the network, population and plugins too (files, sizes, profiles, backends), calling no model
+    Simulation.build(scenario, worlds=1, measure=False)
     if args.json:
         print(json.dumps(scenario.to_dict(), indent=2))
     else:

@@ -32,7 +32,7 @@ import torch
 
 from . import registry
 from .contracts import NetworkRequest, PolicyOutput, Reading
-from .errors import ScenarioError
+from .errors import ScenarioError, ValuesimError
 from .llm import BudgetExhausted
 from .network import build_network, edges_to_network
 from .population import agent_params, initial_values, layout
@@ -64,13 +64,15 @@ class Simulation:
     @classmethod
     def build(cls, scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
               seed: int | None = None, network: np.ndarray | None = None,
-              context: dict[str, Any] | None = None) -> "Simulation":
+              context: dict[str, Any] | None = None, measure: bool = True) -> "Simulation":
         """Build the world of ``scenario`` (B = ``worlds`` or the scenario's ``worlds``) on ``device``.
 
         ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
         for benchmarks that give several tools the very same graph.
         ``context`` carries run-level services to plugins (``world.context``):
-        the LLM response cache and its mode.
+        the LLM response cache and its mode. ``measure=False`` skips the
+        policies' start-of-run measurements (questionnaires put to a model), for
+        checking a scenario without calling anything.
         """
         device = _device(device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -103,7 +105,8 @@ class Simulation:
                    policies=policies,
                    metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
                    metric_carry=[None] * len(spec.metrics))
-        simulation._measure(at_build=True)
+        if measure:
+            simulation._measure(at_build=True)
         return simulation
 
     # ------------------------------------------------------------------ stepping
@@ -249,7 +252,11 @@ def _prepare_policies(scenario: Scenario, world: World, policies) -> None:
             continue
         try:
             prepare(world, group)
-        except ValueError as exc:
+        except ScenarioError as exc:
+            if exc.location is not None:
+                raise
+            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
+        except (ValueError, ValuesimError) as exc:  # a policy or its backend refusing this world
             raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
 
 

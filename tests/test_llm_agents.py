@@ -213,3 +213,17 @@ def test_the_real_local_model_drives_a_tiny_town(tmp_path, write_scenario):
     again = _run(tmp_path, write_scenario, data, sub="real")  # same cache: no model call, same run
     assert all(m["cached"] for m in _exchanges(again))
     pd.testing.assert_frame_equal(sim.open_run(first).values(), sim.open_run(again).values(), check_exact=True)
+
+
+def test_validate_checks_an_llm_scenario_without_calling_the_model(tmp_path, write_scenario, monkeypatch, capsys):
+    from sim.llm_testserver import FakeChatServer
+
+    monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
+    with FakeChatServer() as server:
+        path = write_scenario(_openai_town(server))
+        assert main(["validate", str(path)]) == 0
+        assert server.requests == []
+    monkeypatch.delenv("VALUESIM_TEST_KEY")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "VALUESIM_TEST_KEY" in err and SECRET not in err
