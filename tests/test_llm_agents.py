@@ -158,6 +158,10 @@ def test_openai_backend_run_reads_json_ratings_and_keeps_the_key_secret(tmp_path
     with FakeChatServer(latency_s=0.005) as server:
         run_dir = _run(tmp_path, write_scenario, _openai_town(server))
         assert all(r["headers"].get("Authorization") == f"Bearer {SECRET}" for r in server.requests)
+        calls = len(server.requests)
+        again = _run(tmp_path, write_scenario, _openai_town(server))
+        assert calls > 0 and len(server.requests) == calls, "the second run called the model"
+    pd.testing.assert_frame_equal(sim.open_run(run_dir).values(), sim.open_run(again).values(), check_exact=True)
     view = sim.open_run(run_dir)
     assert view.status == "complete"
     messages = _exchanges(run_dir)
@@ -170,11 +174,11 @@ def test_openai_faults_are_retried_or_logged_and_the_run_completes(tmp_path, wri
     from sim.llm_testserver import FakeChatServer
 
     monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
-    faults = {"500": 0.2, "429": 0.1, "malformed": 0.1, "no_choices": 0.05}
-    with FakeChatServer(fault_rates=faults, retry_after="0") as server:
-        run_dir = _run(tmp_path, write_scenario, _openai_town(server, max_retries=6))
+    faults = {"500": 0.2, "429": 0.1, "malformed": 0.1, "no_choices": 0.05, "hang": 0.1}
+    with FakeChatServer(fault_rates=faults, retry_after="0", hang_s=1.0, latency_s=0.01) as server:
+        run_dir = _run(tmp_path, write_scenario, _openai_town(server, max_retries=6, timeout_s=0.3))
         seen = {r["fault"] for r in server.requests}
-    assert {"500", "429", "malformed"} <= seen
+    assert {"500", "429", "malformed", "hang"} <= seen
     assert sim.open_run(run_dir).status == "complete"
     assert not _files_mention(tmp_path, SECRET)
 
