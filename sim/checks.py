@@ -250,14 +250,21 @@ def _call(label: str, run: Callable[[], Any], inputs: dict[str, torch.Tensor]) -
 
 @contextmanager
 def _global_seed(seed: int):
-    """Seed torch's, numpy's and Python's global generators (to catch a plugin using them), then restore them."""
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state), random.setstate(python_state)
+    """Put torch's, numpy's and Python's global generators in a state made from ``seed``, then put them back.
+
+    The checker varies global random state on purpose, to catch a plugin that draws from it instead of
+    the generator it is given; the caller's state is restored on the way out.
+    """
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    torch.set_rng_state(torch.Generator().manual_seed(seed).get_state())
+    np.random.set_state(np.random.RandomState(seed).get_state())
+    random.setstate(random.Random(seed).getstate())
+    try:
+        yield
+    finally:
+        torch.set_rng_state(saved[0])
+        np.random.set_state(saved[1])
+        random.setstate(saved[2])
 
 
 def _run(label: str, run: Callable[[], Any], inputs: dict, check: Callable[[Any], list[torch.Tensor]]) -> Any:
