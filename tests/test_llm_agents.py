@@ -231,3 +231,27 @@ def test_validate_checks_an_llm_scenario_without_calling_the_model(tmp_path, wri
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert "VALUESIM_TEST_KEY" in err and SECRET not in err
+
+
+def test_one_batch_per_group_and_step_holds_every_speaker_of_every_world(tmp_path, write_scenario, monkeypatch):
+    from plugins.llm.scripted import ScriptedBackend
+    from sim import registry
+
+    batches: list[int] = []
+
+    class CountingBackend(ScriptedBackend):
+        """The scripted backend, counting the batches it is sent."""
+
+        async def complete(self, requests):
+            batches.append(len(requests))
+            return await super().complete(requests)
+
+    monkeypatch.setattr(registry, "_dropins", {"llm_backends": {"counting": (CountingBackend, "test")}})
+    monkeypatch.setattr(registry, "_loaded", {})
+    data = town(steps=4, worlds=3)
+    data["population"][1]["backend"] = "counting"
+    data["population"][1]["persona"] = {"name": "neutral_assistant", "questionnaire": {"at_start": False}}
+    data["population"] = data["population"][:2]
+    data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
+    _run(tmp_path, write_scenario, data, llm_cache="off")
+    assert batches == [2 * 3] * 4, "each step: one batch with both assistants of all three worlds"
