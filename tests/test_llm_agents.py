@@ -255,3 +255,15 @@ def test_one_batch_per_group_and_step_holds_every_speaker_of_every_world(tmp_pat
     data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
     _run(tmp_path, write_scenario, data, llm_cache="off")
     assert batches == [2 * 3] * 4, "each step: one batch with both assistants of all three worlds"
+
+
+def test_an_adapting_persona_moves_and_speaks_from_where_it_is_now(tmp_path, write_scenario):
+    data = town(steps=10, log_every=10)
+    data["population"] = data["population"][:2]
+    data["population"][0]["init"] = {"dist": "constant", "value": 0.1}
+    data["population"][1].update(persona={"name": "neutral_assistant", "adapts": True}, confidence=1.0, rate=0.5)
+    data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
+    run_dir = _run(tmp_path, write_scenario, data)
+    assert sim.open_run(run_dir).scenario["population"][1]["zealots"] == 0.0
+    first, last = _exchanges(run_dir)[0], _exchanges(run_dir)[-1]
+    assert max(last["expressed"]) < min(first["expressed"]), "it was pulled toward the people and says so"

@@ -133,7 +133,7 @@ class LLMPolicy:
         centre, bound, _ = self._audience(state, world, group)
         seeds = torch.randint(2**31 - 1, (len(where),), generator=generator, device="cpu").tolist()
         requests = [self._message_request(world, group, b, a, step, centre[b, a if centre.shape[1] > 1 else 0],
-                                          float(bound[b, a if bound.shape[1] > 1 else 0]), seed)
+                                          float(bound[b, a if bound.shape[1] > 1 else 0]), seed, own[b, a])
                     for (b, a), seed in zip(where, seeds)]
         responses = complete(self._backend, requests)
         vectors, notes = self._reader.read(responses, world.space.dimensions, self._backend)
@@ -163,9 +163,11 @@ class LLMPolicy:
         return centre.cpu(), bound.cpu(), None
 
     def _message_request(self, world: World, group: Group, b: int, a: int, step: int, centre: torch.Tensor,
-                         bound: float, seed: int) -> ChatRequest:
+                         bound: float, seed: int, current: torch.Tensor) -> ChatRequest:
         persona, dims = self.params.persona, world.space.dimensions
-        profile = persona.values[world.space.name]
+        # a persona that adapts speaks from where its values are now, not from where its file started it
+        profile = ({d: round(float(v), 3) for d, v in zip(dims, current.tolist())} if persona.adapts
+                   else persona.values[world.space.name])
         goal = (persona.goal or {}).get(world.space.name)
         audience = {d: round(float(v), 3) for d, v in zip(dims, centre.tolist())}
         system = persona.system_prompt.format(values_text=_describe(profile), goal_text=_describe(goal or {}),
