@@ -12,12 +12,16 @@ is written down. A step, in order:
 2. **Expression.** Each group's policy produces what its agents show,
    ``expressed[B, N, K]``. Agents whose policy shows their own current values
    (``honest``) are read live by the dynamics, so nothing is computed for them.
+   An LLM group sends one batch for all its agents that speak, in all worlds.
 3. **Dynamics.** The scenario's dynamics update the internal values, in the
    order listed. Zealots are held fixed.
-4. **Alignment rules** update AI groups' values (none are defined yet).
-5. **Metrics** observe (the runner asks at ``log_every``; the run log records).
+4. **Alignment rules** update AI groups' values (none are defined yet). Policies
+   that measure their own agents (an LLM persona's questionnaire, when due)
+   write the measured values in; they also do so once when the world is built.
+5. **Metrics** observe (the runner asks at ``log_every``; the run log records
+   metrics, value snapshots and the policies' events).
 6. **Stop conditions**: the runner stops at ``steps``, or once no value moved
-   more than ``stop.tolerance`` in a step in any world.
+   more than ``stop.tolerance`` in a step in every world.
 
 Nothing here knows about files or the terminal; ``sim.runner`` does the logging.
 """
