@@ -267,3 +267,14 @@ def test_an_adapting_persona_moves_and_speaks_from_where_it_is_now(tmp_path, wri
     assert sim.open_run(run_dir).scenario["population"][1]["zealots"] == 0.0
     first, last = _exchanges(run_dir)[0], _exchanges(run_dir)[-1]
     assert max(last["expressed"]) < min(first["expressed"]), "it was pulled toward the people and says so"
+
+
+@pytest.mark.parametrize("audience", ["people", "broadcast"])
+def test_a_persona_can_address_a_group_or_everyone(tmp_path, write_scenario, audience):
+    data = town(steps=2)
+    data["population"][2]["persona"] = {"name": "covert_manipulator", "audience": audience}
+    data["population"][0]["init"] = {"dist": "constant", "value": 0.9}
+    run_dir = _run(tmp_path, write_scenario, data, llm_cache="off")
+    (event,) = [e for e in _exchanges(run_dir) if e["group"] == "manipulators" and e["step"] == 1][:1]
+    # it starts from its audience (people at 0.9, or everyone: almost all people) and steps toward its goal
+    assert all(0.6 < v < 0.9 for v in event["expressed"]), event["expressed"]

@@ -74,7 +74,8 @@ class Persona(PluginParams):
     """Template; may use {audience_text} and {step}."""
     schedule: Schedule = Schedule()
     audience: str = "neighbours"
-    """Whose values the prompt describes: ``neighbours`` or a group name."""
+    """Whom it addresses, whose values the prompt describes: ``neighbours``, a group name, or ``broadcast``
+    (everyone). Who actually hears a message is the network's business, as for any agent."""
     backend: PluginRef = PluginRef(name="scripted")
     sampling: SamplingSpec = SamplingSpec()
     reader: PluginRef = PluginRef(name="auto")
@@ -105,9 +106,9 @@ class LLMPolicy:
             if table is not None and space not in table:
                 raise ValueError(f"persona {persona.name!r} has no {field_name} in value space {space!r} "
                                  f"(it has: {', '.join(table)})")
-        if persona.audience != "neighbours" and persona.audience not in [g.name for g in world.groups]:
-            raise ValueError(f"persona {persona.name!r}: audience must be 'neighbours' or a group name, "
-                             f"got {persona.audience!r}")
+        if persona.audience not in ("neighbours", "broadcast", *[g.name for g in world.groups]):
+            raise ValueError(f"persona {persona.name!r}: audience must be 'neighbours', 'broadcast' or a group "
+                             f"name, got {persona.audience!r}")
         backend = _instantiate("llm_backends", persona.backend)
         cache = world.context.get("llm_cache")
         if cache is not None:
@@ -159,7 +160,10 @@ class LLMPolicy:
         if self.params.persona.audience == "neighbours":
             centre, bound, _ = _neighbour_view(state, world, group, "mean")
             return centre.cpu(), bound.cpu(), None
-        centre, bound, _ = _group_view(state, world, world.group(self.params.persona.audience), "mean")
+        audience = self.params.persona.audience
+        everyone = Group("everyone", "all", 0, world.n)
+        centre, bound, _ = _group_view(state, world, everyone if audience == "broadcast" else world.group(audience),
+                                       "mean")
         return centre.cpu(), bound.cpu(), None
 
     def _message_request(self, world: World, group: Group, b: int, a: int, step: int, centre: torch.Tensor,
