@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from .errors import RunDirError
-from .runlog import TABLES, read_manifest
+from .runlog import TABLES, pid_alive, read_manifest
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,12 @@ class RunView:
 
     @property
     def status(self) -> str:
-        return self.manifest["status"]
+        """The manifest's status, except that a ``running`` run whose process is gone reads ``interrupted``
+        (a killed process cannot mark itself; ``valuesim resume`` finishes it)."""
+        status = self.manifest["status"]
+        if status == "running" and not pid_alive(self.manifest.get("pid"), self.manifest.get("host")):
+            return "interrupted"
+        return status
 
     @property
     def scenario(self) -> dict[str, Any]:
@@ -58,7 +63,13 @@ class RunView:
         file = self.path / "events.jsonl"
         if not file.is_file():
             return []
-        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        events = []
+        for line in file.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:  # a last line cut short when the process was killed
+                continue
+        return events
 
 
 def open_run(path: str | Path) -> RunView:

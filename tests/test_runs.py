@@ -118,6 +118,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, write_scenario, h
         assert "resume with: valuesim resume" in proc.stderr.read()
     else:
         assert manifest["status"] == "running"  # the process died; resume sees its pid is gone
+        assert sim.open_run(run_dir).status == "interrupted", "a dead 'running' run reads as interrupted"
     assert manifest["step"] < 400, "the run finished before it was stopped; make it longer"
     assert sim.resume(run_dir) == run_dir
     _assert_same_tables(whole, run_dir)
