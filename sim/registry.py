@@ -49,15 +49,20 @@ def entry_points(kind: str) -> dict[str, metadata.EntryPoint]:
         table: dict[str, metadata.EntryPoint] = {}
         for ep in metadata.entry_points(group=_group(kind)):
             if ep.name in table and table[ep.name].value != ep.value:
+                first = table[ep.name]
                 warnings.warn(
-                    f"valuesim: two {kind} plugins are named {ep.name!r} "
-                    f"({table[ep.name].value} and {ep.value}); keeping the first",
-                    stacklevel=2,
+                    f"valuesim: two {kind} plugins are named {ep.name!r}: distribution "
+                    f"{_dist_name(first)} ({first.value}) and distribution {_dist_name(ep)} ({ep.value}); "
+                    f"keeping the first", stacklevel=2,
                 )
                 continue
             table[ep.name] = ep
         _entry_points[kind] = table
     return _entry_points[kind]
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    return getattr(ep.dist, "name", None) or "unknown"
 
 
 def names(kind: str) -> list[str]:
@@ -70,7 +75,7 @@ def origin(kind: str, name: str) -> str:
     table = entry_points(kind)
     if name in table:
         ep = table[name]
-        return f"distribution {getattr(ep.dist, 'name', 'unknown')} ({ep.value})"
+        return f"distribution {_dist_name(ep)} ({ep.value})"
     if name in _dropins.get(kind, {}):
         return f"file {_dropins[kind][name][1]}"
     raise PluginError(unknown_name_message(kind, name, names(kind)))

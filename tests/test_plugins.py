@@ -139,3 +139,19 @@ def test_plugins_show_unknown_name_suggests(capsys):
     assert main(["plugins", "show", "defuant"]) == 2
     assert capsys.readouterr().err.startswith(
         "valuesim: error: unknown plugin 'defuant'; did you mean 'deffuant'")
+
+
+def test_two_installed_plugins_with_one_name_warn_with_both_distributions(tmp_path, monkeypatch):
+    for dist, target in (("aaa_one", "one_module:Thing"), ("bbb_two", "two_module:Other")):
+        info = tmp_path / "site" / f"{dist}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[valuesim.metrics]\ntwin = {target}\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    registry.refresh()
+    try:
+        with pytest.warns(UserWarning, match=r"two metrics plugins are named 'twin': distribution (aaa-one|bbb-two) "
+                                             r"\(\w+_module:\w+\) and distribution (aaa-one|bbb-two)"):
+            assert "twin" in registry.names("metrics")
+    finally:
+        registry.refresh()
