@@ -278,3 +278,13 @@ def test_a_persona_can_address_a_group_or_everyone(tmp_path, write_scenario, aud
     (event,) = [e for e in _exchanges(run_dir) if e["group"] == "manipulators" and e["step"] == 1][:1]
     # it starts from its audience (people at 0.9, or everyone: almost all people) and steps toward its goal
     assert all(0.6 < v < 0.9 for v in event["expressed"]), event["expressed"]
+
+
+def test_a_probability_schedule_lets_about_that_share_speak(tmp_path, write_scenario):
+    data = town(steps=10, worlds=2)
+    data["population"][1].update(count=10, persona={"name": "neutral_assistant",
+                                                    "schedule": {"every": 1, "probability": 0.3}})
+    data["population"] = data["population"][:2]
+    data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
+    spoken = len(_exchanges(_run(tmp_path, write_scenario, data, llm_cache="off")))
+    assert 0.18 * 200 < spoken < 0.42 * 200, spoken  # 10 agents x 2 worlds x 10 steps, each with p = 0.3
