@@ -160,13 +160,19 @@ def _persona_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> 
     if group.backend is not None:
         persona["backend"] = {group.backend.name: group.backend.params}
     backend = PluginRef.model_validate(persona.get("backend", "scripted"))
-    backend_path = ("population", i, "backend") if group.backend is not None else where
+    if group.backend is not None:
+        name_path = ("population", i, "backend")
+    elif isinstance(group.persona, dict) and "backend" in group.persona:
+        name_path = where + ("backend",)
+    else:
+        name_path = where  # the persona file's own backend
+    params_path = name_path + (backend.name,) if name_path != where else where
     persona["backend"] = {"name": backend.name, "params": _plugin_params(
-        "llm_backends", backend.name, backend.params, backend_path, backend_path, source)}
+        "llm_backends", backend.name, backend.params, name_path, params_path, source)}
     reader = PluginRef.model_validate(persona.get("reader", "auto"))
     persona["reader"] = {"name": reader.name, "params": _plugin_params(
         "value_readers", reader.name, reader.params, where, where, source)}
-    params = _plugin_params("policies", "llm", {"persona": persona}, where, where, source)
+    params = _plugin_params("policies", "llm", {"persona": persona}, where, ("population", i), source)
     update: dict[str, Any] = {"policy": PluginRef(name="llm", params=params)}
     kind = params["persona"]["kind"]
     if "kind" not in group.model_fields_set:

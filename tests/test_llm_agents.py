@@ -288,3 +288,29 @@ def test_a_probability_schedule_lets_about_that_share_speak(tmp_path, write_scen
     data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
     spoken = len(_exchanges(_run(tmp_path, write_scenario, data, llm_cache="off")))
     assert 0.18 * 200 < spoken < 0.42 * 200, spoken  # 10 agents x 2 worlds x 10 steps, each with p = 0.3
+
+
+@pytest.mark.parametrize("group_lines,message", [
+    ("    persona: {name: neutral_assistant, tone: friendly}",
+     "s.yaml:7 population[1].persona.tone: unknown key 'tone' (allowed: name, kind, description, strategy, values, "
+     "goal, tactics, system_prompt, message_prompt, schedule, audience, backend, sampling, reader, questionnaire, "
+     "adapts)"),
+    ("    persona: {name: neutral_assistant, schedule: {every: 0}}",
+     "s.yaml:7 population[1].persona.schedule.every: must be >= 1, got 0"),
+    ("    persona: {name: neutral_assistant, backend: {scripted: {noise: 2}}}",
+     "s.yaml:7 population[1].persona.backend.scripted.noise: must be <= 0.5, got 2"),
+    ("    persona: neutral_assistant\n    backend: {scripted: {nois: 2}}",
+     "s.yaml:8 population[1].backend.scripted.nois: unknown key 'nois'; did you mean 'noise'? "
+     "(allowed: noise, margin, tactics_margin)"),
+    ("    persona: neutral_assistant\n    backend: gpt",
+     "s.yaml:8 population[1].backend: unknown LLM backend 'gpt' (installed: openai, scripted, transformers)"),
+    ("    persona: neutral_assistant\n    policy: honest",
+     "s.yaml:8 population[1].policy: a group with a persona speaks through it; remove either policy or persona"),
+])
+def test_bad_persona_fields_get_one_exact_line(tmp_path, monkeypatch, capsys, group_lines, message):
+    text = ("name: t\nvalues: wvs2\npopulation:\n  - {name: people, count: 10}\n  - name: bots\n    count: 1\n"
+            + group_lines + "\n")
+    (tmp_path / "s.yaml").write_text(text)
+    monkeypatch.chdir(REPO)
+    assert main(["validate", str(tmp_path / "s.yaml")]) == 2
+    assert capsys.readouterr().err == f"valuesim: error: {tmp_path}/{message}\n"
