@@ -132,7 +132,8 @@ class LLMPolicy:
         if not where:
             return PolicyOutput(shown, [])
         centre, bound, _ = self._audience(state, world, group)
-        seeds = torch.randint(2**31 - 1, (len(where),), generator=generator, device="cpu").tolist()
+        # draws are made where the generator lives (the run's device) and read back on the CPU
+        seeds = torch.randint(2**31 - 1, (len(where),), generator=generator, device=generator.device).tolist()
         requests = [self._message_request(world, group, b, a, step, centre[b, a if centre.shape[1] > 1 else 0],
                                           float(bound[b, a if bound.shape[1] > 1 else 0]), seed, own[b, a])
                     for (b, a), seed in zip(where, seeds)]
@@ -154,7 +155,8 @@ class LLMPolicy:
             return torch.zeros((world.b, group.size), dtype=torch.bool)
         if schedule.probability >= 1.0:
             return torch.ones((world.b, group.size), dtype=torch.bool)
-        return torch.rand((world.b, group.size), generator=generator, device="cpu") < schedule.probability
+        draw = torch.rand((world.b, group.size), generator=generator, device=generator.device)
+        return (draw < schedule.probability).cpu()
 
     def _audience(self, state: State, world: World, group: Group):
         if self.params.persona.audience == "neighbours":
@@ -200,7 +202,7 @@ class LLMPolicy:
         events, batches = [], []
         for b in range(world.b):
             for a in range(group.size):
-                seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device="cpu"))
+                seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
                 batches.append((b, a, self._questionnaire.requests(
                     system, seed=seed, tag={"world": b, "agent": group.start + a, "step": state.step},
                     hints={"profile": {d: profile[d] for d in dims}})))

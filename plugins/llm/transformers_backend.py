@@ -291,6 +291,7 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 def _next_tokens(logits: torch.Tensor, requests: list[ChatRequest], generators: list[torch.Generator],
                  done: list[bool]) -> list[int]:
     """One token per row of ``logits`` [B, V]: argmax at temperature 0, else a top-p draw from the row's generator."""
+    logits = logits.float().cpu()  # the per-request generators live on the CPU, wherever the model runs
     tokens = logits.argmax(-1).tolist()
     rows = [row for row, r in enumerate(requests) if not done[row] and r.sampling.temperature > 0]
     if not rows:
