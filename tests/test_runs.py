@@ -185,3 +185,17 @@ def test_every_catalog_scenario_runs(tmp_path, scenario):
     view = sim.open_run(path)
     assert view.status == "complete"
     assert sorted(view.metrics()["step"].unique()) == [0, 1, 2, 3] or view.metrics().empty
+
+
+def test_cli_run_json_summary_and_help_examples(tmp_path, write_scenario, capsys):
+    from sim.cli import main
+
+    path = write_scenario(small_scenario(steps=3))
+    assert main(["run", str(path), "--quiet", "--json", "--runs-dir", str(tmp_path / "r")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "complete" and summary["steps"] == 3
+    assert sim.open_run(summary["run_dir"]).status == "complete"
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    assert "valuesim run scenarios/quickstart.yaml --seed 7 --worlds 8" in capsys.readouterr().out
