@@ -86,8 +86,8 @@ class Uniform(_Dist):
 
     @model_validator(mode="after")
     def _ordered(self):
-        if _extreme(self.low, max) > _extreme(self.high, min) and isinstance(self.low, (int, float)) \
-                and isinstance(self.high, (int, float)):
+        # per-dimension bounds are checked where they are resolved against the dimensions
+        if isinstance(self.low, (int, float)) and isinstance(self.high, (int, float)) and self.low > self.high:
             raise ValueError(f"low must not exceed high, got low={self.low}, high={self.high}")
         return self
 

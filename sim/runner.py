@@ -46,9 +46,9 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
     elif overrides or plugin_dirs:
         raise ValueError("overrides and plugin folders apply when loading a scenario from a path")
     if seed is not None:
-        scenario = _with_seed(scenario, seed)
+        scenario = _with_flag(scenario, "seed", seed, minimum=0)
     if worlds is not None:
-        scenario = _with_worlds(scenario, worlds)
+        scenario = _with_flag(scenario, "worlds", worlds, minimum=1)
     cache_path = Path(runs_dir) / ".llm-cache.sqlite"
     simulation = Simulation.build(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
     path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
@@ -202,17 +202,11 @@ def _stop_on_signals():
             signal.signal(sig, old)
 
 
-def _with_seed(scenario: Scenario, seed: int) -> Scenario:
-    if seed < 0:
-        raise ScenarioError(f"must be >= 0, got {seed}", location="--seed")
-    return Scenario(spec=scenario.spec.model_copy(update={"seed": seed}), source=scenario.source,
-                    base_dir=scenario.base_dir)
-
-
-def _with_worlds(scenario: Scenario, worlds: int) -> Scenario:
-    if worlds < 1:
-        raise ScenarioError(f"must be >= 1, got {worlds}", location="--worlds")
-    return Scenario(spec=scenario.spec.model_copy(update={"worlds": worlds}), source=scenario.source,
+def _with_flag(scenario: Scenario, field: str, value: int, minimum: int) -> Scenario:
+    """The scenario with ``field`` set from the ``--<field>`` flag."""
+    if value < minimum:
+        raise ScenarioError(f"must be >= {minimum}, got {value}", location=f"--{field}")
+    return Scenario(spec=scenario.spec.model_copy(update={field: value}), source=scenario.source,
                     base_dir=scenario.base_dir)
 
 

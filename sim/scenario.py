@@ -11,6 +11,7 @@ back as ``scenario.yaml``.
 from __future__ import annotations
 
 import copy
+import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,8 +313,6 @@ def _message(err: dict) -> str:
 
 
 def _choice_message(given: Any, allowed: list[str], prefix: bool = True) -> str:
-    import difflib
-
     close = difflib.get_close_matches(str(given), allowed, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     head = f"must be one of {', '.join(allowed)}, got " if prefix else ""

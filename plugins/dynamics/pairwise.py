@@ -67,7 +67,7 @@ class Deffuant:
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
               generator: torch.Generator) -> torch.Tensor:
-        count = max(1, round(self.params.pairs_per_agent * world.n))
+        count = _draw_count(self.params, world)
         active = None if bool(state.active.all()) else state.active
         focal, partner = sample_pairs(world.network, world.b, count, generator, active)
         return self.apply_pairs(values, expressed, world, focal, partner)
@@ -108,7 +108,7 @@ class AlgorithmicBias(Deffuant):
         kernel: Literal["auto", "numba"] = "auto"
 
     def apply(self, values, expressed, state, world, generator):
-        count = max(1, round(self.params.pairs_per_agent * world.n))
+        count = _draw_count(self.params, world)
         device = values.device
         focal = torch.randint(world.n, (world.b, count), generator=generator, device=device)
         u = torch.rand((world.b, count), generator=generator, device=device, dtype=torch.float64)
@@ -132,6 +132,11 @@ class AlgorithmicBias(Deffuant):
             np.inf if repulse is None else float(repulse), float(self.params.gamma),
             float(self.params.min_distance))
         return x.to(device)
+
+
+def _draw_count(params: _PairwiseParams, world: World) -> int:
+    """Interactions drawn per world in one step."""
+    return max(1, round(params.pairs_per_agent * world.n))
 
 
 def _use_numba(kernel: str, values: torch.Tensor) -> bool:

@@ -19,10 +19,10 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sim import registry
 from sim.contracts import PluginParams, PolicyOutput
 from sim.llm import ChatRequest, Sampling, complete
 from sim.questionnaire import load_questionnaire
+from sim.scenario import instantiate
 from sim.schema import PluginRef
 from sim.state import Group, State, World
 
@@ -109,14 +109,14 @@ class LLMPolicy:
         if persona.audience not in ("neighbours", "broadcast", *[g.name for g in world.groups]):
             raise ValueError(f"persona {persona.name!r}: audience must be 'neighbours', 'broadcast' or a group "
                              f"name, got {persona.audience!r}")
-        backend = _instantiate("llm_backends", persona.backend)
+        backend = instantiate("llm_backends", persona.backend)
         cache = world.context.get("llm_cache")
         if cache is not None:
             from sim.llmcache import CachedBackend
 
             backend = CachedBackend(backend, cache, world.context.get("llm_cache_mode", "readwrite"))
         self._backend = backend
-        self._reader = _instantiate("value_readers", persona.reader)
+        self._reader = instantiate("value_readers", persona.reader)
         self._questionnaire = load_questionnaire(space, world.space.dimensions) if (
             persona.questionnaire.at_start or persona.questionnaire.every) else None
 
@@ -131,7 +131,7 @@ class LLMPolicy:
         where = speaking.nonzero().tolist()
         if not where:
             return PolicyOutput(shown, [])
-        centre, bound, _ = self._audience(state, world, group)
+        centre, bound = self._audience(state, world, group)
         # draws are made where the generator lives (the run's device) and read back on the CPU
         seeds = torch.randint(2**31 - 1, (len(where),), generator=generator, device=generator.device).tolist()
         requests = [self._message_request(world, group, b, a, step, centre[b, a if centre.shape[1] > 1 else 0],
@@ -158,15 +158,15 @@ class LLMPolicy:
         draw = torch.rand((world.b, group.size), generator=generator, device=generator.device)
         return (draw < schedule.probability).cpu()
 
-    def _audience(self, state: State, world: World, group: Group):
-        if self.params.persona.audience == "neighbours":
-            centre, bound, _ = _neighbour_view(state, world, group, "mean")
-            return centre.cpu(), bound.cpu(), None
+    def _audience(self, state: State, world: World, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
+        """The audience's mean values [B, n or 1, K] and mean confidence bound [B, n or 1], on the CPU."""
         audience = self.params.persona.audience
-        everyone = Group("everyone", "all", 0, world.n)
-        centre, bound, _ = _group_view(state, world, everyone if audience == "broadcast" else world.group(audience),
-                                       "mean")
-        return centre.cpu(), bound.cpu(), None
+        if audience == "neighbours":
+            centre, bound, _ = _neighbour_view(state, world, group, "mean")
+        else:
+            target = Group("everyone", "all", 0, world.n) if audience == "broadcast" else world.group(audience)
+            centre, bound, _ = _group_view(state, world, target, "mean")
+        return centre.cpu(), bound.cpu()
 
     def _message_request(self, world: World, group: Group, b: int, a: int, step: int, centre: torch.Tensor,
                          bound: float, seed: int, current: torch.Tensor) -> ChatRequest:
@@ -176,8 +176,7 @@ class LLMPolicy:
                    else persona.values[world.space.name])
         goal = (persona.goal or {}).get(world.space.name)
         audience = {d: round(float(v), 3) for d, v in zip(dims, centre.tolist())}
-        system = persona.system_prompt.format(values_text=_describe(profile), goal_text=_describe(goal or {}),
-                                              tactics_text=", ".join(persona.tactics) or "none")
+        system = _system_prompt(persona, profile, goal)
         user = persona.message_prompt.format(audience_text=_describe(audience, top=3), step=step)
         hints = {"purpose": "message", "profile": {d: profile[d] for d in dims}, "strategy": persona.strategy,
                  "goal": {d: goal[d] for d in dims} if goal else None, "audience": audience,
@@ -195,9 +194,7 @@ class LLMPolicy:
             return None
         persona, dims = self.params.persona, world.space.dimensions
         profile = persona.values[world.space.name]
-        system = persona.system_prompt.format(values_text=_describe(profile),
-                                              goal_text=_describe((persona.goal or {}).get(world.space.name, {})),
-                                              tactics_text=", ".join(persona.tactics) or "none")
+        system = _system_prompt(persona, profile, (persona.goal or {}).get(world.space.name))
         measured = state.values[:, group.rows].clone()
         events, batches = [], []
         for b in range(world.b):
@@ -221,9 +218,9 @@ class LLMPolicy:
         return PolicyOutput(measured, events)
 
 
-def _instantiate(kind: str, ref: PluginRef) -> Any:
-    cls = registry.get(kind, ref.name)
-    return cls(cls.Params.model_validate(ref.params))
+def _system_prompt(persona: Persona, profile: dict[str, float], goal: dict[str, float] | None) -> str:
+    return persona.system_prompt.format(values_text=_describe(profile), goal_text=_describe(goal or {}),
+                                        tactics_text=", ".join(persona.tactics) or "none")
 
 
 def _sampling(persona: Persona) -> Sampling:
