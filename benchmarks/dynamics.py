@@ -35,7 +35,7 @@ draws N random focal agents per step; HK computes every agent's next opinion
 with ``self.agents.do("compute")`` and then applies them with
 ``self.agents.do("advance")``.
 
-valuesim. ``sim.engine.Simulation`` with one world on the CPU; one step of
+valuesim. ``sim.core.engine.Simulation`` with one world on the CPU; one step of
 ``deffuant`` is N pair interactions, one step of ``hegselmann_krause`` is one
 synchronous step. At N = 10^6 it runs alone with K = 10 (``schwartz10``):
 DW pair interactions per second, the time of one HK step, and the process's
@@ -191,8 +191,8 @@ class ValuesimCase:
     """valuesim's Simulation, one world on the CPU; one step = one iteration."""
 
     def __init__(self, model: str, n: int, k: int, edges: np.ndarray, opinions: np.ndarray | None, seed: int):
-        from sim.engine import Simulation
-        from sim.scenario import scenario_from_dict
+        from sim import build
+        from sim.config.scenario import scenario_from_dict
 
         scenario = scenario_from_dict({
             "name": f"bench_{model}", "seed": seed, "steps": 1,
@@ -203,7 +203,7 @@ class ValuesimCase:
             "dynamics": [{"deffuant": {}} if model == "deffuant" else {"hegselmann_krause": {}}],
             "metrics": [],
         })
-        self.simulation = Simulation.build(scenario, worlds=1, device="cpu", network=edges)
+        self.simulation = build(scenario, worlds=1, device="cpu", network=edges)
         values = self.simulation.state.values
         if opinions is not None and tuple(values.shape) == (1, n, 1):  # start from the peers' opinions
             import torch

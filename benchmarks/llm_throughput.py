@@ -1,6 +1,6 @@
 """LLM backend throughput: a benchmark, not a test (it prints figures and never fails on them).
 
-Part A: the ``openai`` backend against :class:`sim.llm_testserver.FakeChatServer`
+Part A: the ``openai`` backend against :class:`sim.llm.testing.FakeChatServer`
 with an injected latency (50 ms by default), at concurrency 1, 8, 32 and 128.
 Figure: requests per second, and the speed-up over concurrency 1. Goal: a
 speed-up of at least 0.8 x the concurrency up to 32 (the client adds little to
@@ -39,7 +39,7 @@ from typing import Any, Iterator
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from sim.llm import ChatRequest, Sampling, complete  # noqa: E402
-from sim.llm_testserver import FakeChatServer  # noqa: E402
+from sim.llm.testing import FakeChatServer  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "You are a thoughtful person. Answer in one or two sentences."}
 TOPICS = ("fairness", "tradition", "freedom", "security", "kindness", "ambition", "honesty", "nature")
@@ -62,7 +62,7 @@ def fake_server(mode: str, latency_s: float) -> Iterator[str]:
         with FakeChatServer(latency_s=latency_s) as server:
             yield server.base_url
         return
-    child = subprocess.Popen([sys.executable, "-m", "sim.llm_testserver", "--latency", str(latency_s)],
+    child = subprocess.Popen([sys.executable, "-m", "sim.llm.testing", "--latency", str(latency_s)],
                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         yield child.stdout.readline().strip()

@@ -18,7 +18,7 @@ from math import comb
 
 import torch
 
-from sim.state import World
+from sim.contracts import World
 
 ALL = "all"
 

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams, Reading
-from sim.state import State, World
+from sim.contracts import NoParams, PluginParams, Reading, State, World
 
 from ._reduce import ALL, active_mask, per_scope, scope_means, scope_moments, scope_names, to_reading_tensor
 

@@ -2,7 +2,7 @@
 
 Each class is a ``valuesim.networks`` plugin (see ``sim.contracts.NetworkGenerator``):
 ``build(request)`` returns a networkx graph on nodes ``0..N-1`` or an ``[E, 2]``
-int64 edge array; ``sim.network`` turns it into the CSR network. Every random
+int64 edge array; ``sim.core.network`` turns it into the CSR network. Every random
 choice is drawn from ``request.seed`` (a fresh ``numpy`` generator, or
 ``seed=`` for networkx), never from global state, so a scenario's network is
 the same on every run with the same seed.

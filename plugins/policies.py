@@ -14,8 +14,8 @@ import torch
 from pydantic import Field
 
 from sim.contracts import NoParams, PluginParams
-from sim.distributions import DimResolver
-from sim.state import Group, State, World
+from sim.config.distributions import DimResolver
+from sim.contracts import Group, State, World
 
 UnitFloat = Annotated[float, Field(ge=0, le=1)]
 ValueVector = Union[UnitFloat, list[UnitFloat], dict[str, UnitFloat]]

@@ -18,12 +18,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 from .errors import PluginError, RunDirError, RunFailed, ScenarioError, ValuesimError
-from .scenario import Scenario, load_scenario, scenario_from_dict
+from .config.scenario import Scenario, load_scenario, scenario_from_dict
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Scenario", "load_scenario", "scenario_from_dict", "run", "resume", "open_run",
+    "Scenario", "load_scenario", "scenario_from_dict", "build", "run", "resume", "open_run",
     "ValuesimError", "ScenarioError", "PluginError", "RunDirError", "RunFailed", "__version__",
 ]
 
@@ -31,9 +31,12 @@ __all__ = [
 def __getattr__(name: str):
     # The runner pulls in torch and pyarrow; import it only when asked for.
     if name in ("run", "resume"):
-        from . import runner
+        from .runs import runner
         return getattr(runner, name)
+    if name == "build":
+        from .config.build import build_simulation
+        return build_simulation
     if name == "open_run":
-        from .analysis import open_run
+        from .runs.reading import open_run
         return open_run
     raise AttributeError(name)

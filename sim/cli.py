@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(args) -> int:
-    from .engine import Simulation
-    from .scenario import load_scenario
+    from .config.build import build_simulation
+    from .config.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides, args.plugin_dirs)
     # builds the network, population and plugins too (files, sizes, profiles, backends), calling no model
-    Simulation.build(scenario, worlds=1, measure=False)
+    build_simulation(scenario, worlds=1, measure=False)
     if args.json:
         print(json.dumps(scenario.to_dict(), indent=2))
     else:
@@ -118,7 +118,7 @@ def _validate(args) -> int:
 
 def _new(args) -> int:
     from .errors import ValuesimError
-    from .scaffold import scaffold_plugin
+    from .plugin.scaffold import scaffold_plugin
 
     if getattr(args, "new_command", None) != "plugin":
         raise ValuesimError("say what to create: valuesim new plugin KIND NAME [--dir DIR]")
@@ -129,8 +129,9 @@ def _new(args) -> int:
 
 
 def _plugins(args) -> int:
-    from . import plugin_info, registry
-    from .scenario import plugin_files
+    from . import registry
+    from .plugin import info as plugin_info
+    from .config.scenario import plugin_files
 
     for folder in getattr(args, "plugin_dirs", []):
         registry.load_files(plugin_files(folder))
@@ -151,7 +152,7 @@ def _plugins(args) -> int:
 
 
 def _run(args) -> int:
-    from .runner import Interrupted, run
+    from .runs.runner import Interrupted, run
 
     with _progress(args.quiet) as progress:
         try:
@@ -167,7 +168,7 @@ def _run(args) -> int:
 
 
 def _resume(args) -> int:
-    from .runner import Interrupted, resume
+    from .runs.runner import Interrupted, resume
 
     with _progress(args.quiet) as progress:
         try:
@@ -179,7 +180,7 @@ def _resume(args) -> int:
 
 
 def _report(path: Path, as_json: bool) -> int:
-    from .runlog import read_manifest
+    from .runs.runlog import read_manifest
 
     manifest = read_manifest(path)
     if as_json:

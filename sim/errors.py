@@ -38,6 +38,21 @@ class RunDirError(ValuesimError):
     """A run directory that does not exist, is not a run, or cannot be resumed."""
 
 
+class RunStop(ValuesimError):
+    """Something outside the world stops the run cleanly mid-step; it is marked ``interrupted``.
+
+    The engine lets it through unwrapped (a plugin's other exceptions become a
+    failed step); the runner keeps the last checkpoint, so the run can be
+    resumed. Exit code 1: the input was fine.
+    """
+
+    exit_code = 1
+
+
+class BudgetExhausted(RunStop):
+    """A language-model backend's request or token budget is spent."""
+
+
 class RunFailed(Exception):
     """A run stopped because something raised inside a step; the log is marked ``failed``.
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from sim.network import edges_to_network
-from sim.state import AgentParams, Group, State, World
-from sim.valuespace import ValueSpace
+from sim.core.network import edges_to_network
+from sim.contracts import AgentParams, Group, State, World
+from sim.core.valuespace import ValueSpace
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,7 +13,7 @@ from plugins.dynamics.reference import (
     algorithmic_bias_reference, deffuant_reference, hegselmann_krause_reference,
 )
 from plugins.dynamics.synchronous import HegselmannKrause
-from sim.pairing import rounds, sample_pairs
+from sim.core.pairing import rounds, sample_pairs
 from tests.conftest import make_world
 
 DISTANCES = ["l2", "linf", "per_dimension"]

@@ -13,7 +13,7 @@ import torch
 import sim
 from sim import registry
 from sim.checks import check_policy
-from sim.state import Group
+from sim.contracts import Group
 from tests.conftest import REPO, make_world
 
 try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.engine import Simulation
-from sim.scenario import scenario_from_dict
+from sim import build
+from sim.config.scenario import scenario_from_dict
 
 
 def _final_clusters(dynamics, confidence, steps, n=400, worlds=8, seed=1):
@@ -23,7 +23,7 @@ def _final_clusters(dynamics, confidence, steps, n=400, worlds=8, seed=1):
         "population": [group],
         "dynamics": [dynamics], "metrics": [{"clusters": {"threshold": 0.02, "min_size": 0.05}}],
     })
-    simulation = Simulation.build(scenario, worlds=worlds)
+    simulation = build(scenario, worlds=worlds)
     simulation.advance(steps)
     (reading,) = [r for r in simulation.observe() if r.metric == "clusters"]
     return sorted(reading.value[:, -1, 0].tolist())

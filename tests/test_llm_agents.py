@@ -10,7 +10,7 @@ import pytest
 
 import sim
 from sim.cli import main
-from sim.runner import Interrupted
+from sim.runs.runner import Interrupted
 from tests.conftest import REPO
 
 
@@ -152,7 +152,7 @@ def _files_mention(folder, text: str) -> list[str]:
 
 
 def test_openai_backend_run_reads_json_ratings_and_keeps_the_key_secret(tmp_path, write_scenario, monkeypatch):
-    from sim.llm_testserver import FakeChatServer
+    from sim.llm.testing import FakeChatServer
 
     monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
     with FakeChatServer(latency_s=0.005) as server:
@@ -171,7 +171,7 @@ def test_openai_backend_run_reads_json_ratings_and_keeps_the_key_secret(tmp_path
 
 
 def test_openai_faults_are_retried_or_logged_and_the_run_completes(tmp_path, write_scenario, monkeypatch):
-    from sim.llm_testserver import FakeChatServer
+    from sim.llm.testing import FakeChatServer
 
     monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
     faults = {"500": 0.2, "429": 0.1, "malformed": 0.1, "no_choices": 0.05, "hang": 0.1}
@@ -184,7 +184,7 @@ def test_openai_faults_are_retried_or_logged_and_the_run_completes(tmp_path, wri
 
 
 def test_a_spent_budget_stops_the_run_cleanly_and_it_can_be_resumed(tmp_path, write_scenario, monkeypatch, capsys):
-    from sim.llm_testserver import FakeChatServer
+    from sim.llm.testing import FakeChatServer
 
     monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
     with FakeChatServer() as server:
@@ -220,7 +220,7 @@ def test_the_real_local_model_drives_a_tiny_town(tmp_path, write_scenario):
 
 
 def test_validate_checks_an_llm_scenario_without_calling_the_model(tmp_path, write_scenario, monkeypatch, capsys):
-    from sim.llm_testserver import FakeChatServer
+    from sim.llm.testing import FakeChatServer
 
     monkeypatch.setenv("VALUESIM_TEST_KEY", SECRET)
     with FakeChatServer() as server:

@@ -9,7 +9,7 @@ import pytest
 from sim.contracts import NoParams
 from sim.errors import ValuesimError
 from sim.llm import ChatRequest, ChatResponse, LLMBackend, Sampling, complete
-from sim.llmcache import CachedBackend, ResponseCache, default_cache_path
+from sim.llm.cache import CachedBackend, ResponseCache, default_cache_path
 
 
 class FakeBackend:

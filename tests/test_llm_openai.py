@@ -14,7 +14,7 @@ from plugins.llm.openai_backend import OpenAIBackend, retry_delay
 from sim.checks import check_plugin
 from sim.errors import ValuesimError
 from sim.llm import BudgetExhausted, ChatRequest, Sampling, complete
-from sim.llm_testserver import FakeChatServer, count_tokens, fake_reply
+from sim.llm.testing import FakeChatServer, count_tokens, fake_reply
 
 KEY = "sk-test-SECRET-123"
 KEY_ENV = "VALUESIM_TEST_OPENAI_KEY"

@@ -8,7 +8,7 @@ from plugins.llm.readers import Auto, Direct, JsonRatings, parse_ratings, rating
 from sim.checks import check_plugin
 from sim.contracts import NoParams
 from sim.llm import ChatResponse, ValueReader
-from sim.valuespace import BUILTIN_SPACES
+from sim.core.valuespace import BUILTIN_SPACES
 
 DIMS = ("care", "fairness", "loyalty", "authority")
 

@@ -12,8 +12,8 @@ import scipy.stats
 import torch
 
 from plugins.metrics import Clusters, ConsensusTime, Drift, MeanValues, Polarization
-from sim.state import AgentParams, Group, Network, State, World
-from sim.valuespace import value_space
+from sim.contracts import AgentParams, Group, Network, State, World
+from sim.core.valuespace import value_space
 
 
 def make(values, initial=None, groups=None, active=None, step=0):

@@ -1,4 +1,4 @@
-"""Network generators and the CSR conversion (sim.network, plugins.networks)."""
+"""Network generators and the CSR conversion (sim.core.network, plugins.networks)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from plugins.networks import (
 )
 from sim.contracts import NetworkRequest, NoParams
 from sim.errors import ScenarioError
-from sim.network import build_network, edges_to_network
-from sim.state import Group, Network
+from sim.core.network import build_network, edges_to_network
+from sim.contracts import Group, Network
 
 
 def request(n: int, seed: int = 7, sizes: tuple[int, ...] | None = None, base_dir: Path = Path(".")) -> NetworkRequest:

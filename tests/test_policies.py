@@ -8,8 +8,8 @@ import torch
 
 import sim
 from plugins.policies import Contrarian, Honest, Random, StrategicInfluencer, Zealot
-from sim.engine import Simulation
-from sim.scenario import scenario_from_dict
+from sim import build
+from sim.config.scenario import scenario_from_dict
 from tests.conftest import make_world
 
 
@@ -70,7 +70,7 @@ def _influenced_mean(policy):
                 {"name": "agents", "count": 30, "init": {"dist": "constant", "value": 0.5}, "zealots": 1.0,
                  "policy": policy, "confidence": 0.2, "rate": 0.3}],
             "dynamics": ["deffuant"], "metrics": []}
-    simulation = Simulation.build(scenario_from_dict(data), worlds=4)
+    simulation = build(scenario_from_dict(data), worlds=4)
     simulation.advance(60)
     return simulation.state.values[:, :300].double().mean(dim=(0, 1))
 
@@ -89,4 +89,4 @@ def test_policy_that_cannot_serve_the_world_is_a_scenario_error(tmp_path):
         {"name": "agents", "count": 2, "policy": {"strategic_influencer": {"goal": 0.9, "targets": "peeple"}}}]}
     with pytest.raises(sim.ScenarioError, match=r"population\[1\].policy: strategic_influencer: targets must be "
                                                 r"'neighbours' or a group name \(people, agents\), got 'peeple'"):
-        Simulation.build(scenario_from_dict(data))
+        build(scenario_from_dict(data))

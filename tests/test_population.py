@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import sim
-from sim.engine import Simulation
-from sim.scenario import scenario_from_dict
+from sim import build
+from sim.config.scenario import scenario_from_dict
 from tests.conftest import REPO
 
 
@@ -18,7 +18,7 @@ def _build(groups, values=("a", "b"), worlds=2, base_dir=".", network=None, **ex
             "population": groups,
             "network": network or {"generator": "erdos_renyi", "params": {"mean_degree": 4}},
             "dynamics": ["deffuant", "friedkin_johnsen"], "metrics": [], **extra}
-    return Simulation.build(scenario_from_dict(data, base_dir=base_dir), worlds=worlds)
+    return build(scenario_from_dict(data, base_dir=base_dir), worlds=worlds)
 
 
 def test_distributions_have_their_moments_and_groups_their_rows():
@@ -74,7 +74,7 @@ def test_same_seed_same_world_and_the_network_is_seeded(tmp_path):
     net = {"generator": "watts_strogatz", "params": {"k": 6, "p": 0.3}}
     a, b = _build(groups, network=net), _build(groups, network=net)
     assert torch.equal(a.world.initial, b.world.initial) and torch.equal(a.world.network.col, b.world.network.col)
-    c = Simulation.build(scenario_from_dict({"name": "pop", "seed": 6, "values": ["a", "b"], "population": groups,
+    c = build(scenario_from_dict({"name": "pop", "seed": 6, "values": ["a", "b"], "population": groups,
                                              "network": net, "metrics": []}), worlds=2)
     assert not torch.equal(a.world.network.col, c.world.network.col)
 

@@ -7,8 +7,8 @@ import yaml
 
 from sim.errors import ScenarioError
 from sim.llm import ChatResponse
-from sim.questionnaire import QUESTIONNAIRE_DIR, Item, Questionnaire, load_questionnaire, scripted_answer
-from sim.valuespace import BUILTIN_SPACES
+from sim.llm.questionnaire import QUESTIONNAIRE_DIR, Item, Questionnaire, load_questionnaire, scripted_answer
+from sim.core.valuespace import BUILTIN_SPACES
 
 from tests.conftest import REPO
 
@@ -16,7 +16,7 @@ from tests.conftest import REPO
 @pytest.mark.parametrize("space", sorted(BUILTIN_SPACES))
 def test_every_shipped_questionnaire_loads_and_covers_its_space(space):
     q = load_questionnaire(space, BUILTIN_SPACES[space])
-    assert QUESTIONNAIRE_DIR == REPO / "agents" / "questionnaires"
+    assert QUESTIONNAIRE_DIR.resolve() == REPO / "agents" / "questionnaires"
     assert (q.space, q.dimensions, q.scale_min, q.scale_max, len(q.labels)) == (space, BUILTIN_SPACES[space], 1, 6, 6)
     for dim in BUILTIN_SPACES[space]:
         assert sum(item.dimension == dim for item in q.items) == 2

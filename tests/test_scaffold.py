@@ -18,7 +18,7 @@ import yaml
 from sim import checks, registry
 from sim.cli import main
 from sim.errors import ValuesimError
-from sim.scaffold import scaffold_plugin
+from sim.plugin.scaffold import scaffold_plugin
 
 try:
     import tomllib

@@ -7,8 +7,8 @@ import resource
 import pytest
 
 import sim
-from sim.engine import Simulation
-from sim.scenario import scenario_from_dict
+from sim import build
+from sim.config.scenario import scenario_from_dict
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def test_deffuant_cluster_counts_over_many_seeds():
             "name": "many", "seed": 9, "values": ["opinion"], "network": {"generator": "complete"},
             "population": [{"name": "p", "count": 500, "confidence": confidence, "rate": 0.5}],
             "dynamics": ["deffuant"], "metrics": [{"clusters": {"threshold": 0.02, "min_size": 0.05}}]})
-        simulation = Simulation.build(scenario, worlds=100)
+        simulation = build(scenario, worlds=100)
         simulation.advance(300)
         (reading,) = [r for r in simulation.observe() if r.metric == "clusters"]
         counts = reading.value[:, -1, 0]

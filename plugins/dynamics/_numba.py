@@ -126,7 +126,7 @@ def schedule(focal, partner, n):
 
     Returns ``order`` (positions, round by round, in sequence order within a
     round) and ``starts`` (round r holds ``order[starts[r]:starts[r + 1]]``).
-    The same rounds as ``sim.pairing.rounds``, found in one sequential pass.
+    The same rounds as ``sim.core.pairing.rounds``, found in one sequential pass.
     """
     m = focal.shape[0]
     last = np.zeros(n, np.int32)

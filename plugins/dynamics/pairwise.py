@@ -2,7 +2,7 @@
 
 One step draws ``pairs_per_agent * N`` interactions per world exactly as the
 sequential model draws them (a uniformly random focal agent meets a uniformly
-random neighbour, i.i.d.; see ``sim.pairing``) and applies them in order.
+random neighbour, i.i.d.; see ``sim.core.pairing``) and applies them in order.
 In an interaction of agents i and j with distance d between i's values and
 what j shows:
 
@@ -28,8 +28,8 @@ import torch
 from pydantic import Field
 
 from sim.contracts import PluginParams
-from sim.pairing import rounds, sample_pairs
-from sim.state import State, World
+from sim.core.pairing import rounds, sample_pairs
+from sim.contracts import State, World
 
 METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
 
@@ -148,7 +148,7 @@ def _use_numba(kernel: str, values: torch.Tensor) -> bool:
 
 
 def deffuant_torch(values, shown, fixed, focal, partner, eps, mu, metric: int, repulse) -> torch.Tensor:
-    """Torch kernel: rounds of disjoint pairs (``sim.pairing.rounds``), each applied at once."""
+    """Torch kernel: rounds of disjoint pairs (``sim.core.pairing.rounds``), each applied at once."""
     b, n, k = values.shape
     x = values.clone().reshape(b * n, k)
     shows = x if shown is None else shown.reshape(b * n, k)

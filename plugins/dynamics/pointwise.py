@@ -7,8 +7,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams
-from sim.state import State, World
+from sim.contracts import NoParams, PluginParams, State, World
 
 
 class FriedkinJohnsen:

@@ -15,8 +15,7 @@ from typing import Annotated, ClassVar, Literal, Union
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams
-from sim.state import State, World
+from sim.contracts import PluginParams, State, World
 
 from .pairwise import METRICS
 

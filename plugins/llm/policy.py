@@ -21,10 +21,10 @@ from pydantic import Field
 
 from sim.contracts import PluginParams, PolicyOutput
 from sim.llm import ChatRequest, Sampling, complete
-from sim.questionnaire import load_questionnaire
-from sim.scenario import instantiate
-from sim.schema import PluginRef
-from sim.state import Group, State, World
+from sim.llm.questionnaire import load_questionnaire
+from sim.config.scenario import instantiate
+from sim.config.schema import PluginRef
+from sim.contracts import Group, State, World
 
 from ..policies import _group_view, _neighbour_view
 
@@ -112,7 +112,7 @@ class LLMPolicy:
         backend = instantiate("llm_backends", persona.backend)
         cache = world.context.get("llm_cache")
         if cache is not None:
-            from sim.llmcache import CachedBackend
+            from sim.llm.cache import CachedBackend
 
             backend = CachedBackend(backend, cache, world.context.get("llm_cache_mode", "readwrite"))
         self._backend = backend

@@ -29,7 +29,7 @@ Vectors = list[list[float] | None]
 RATING_MIN, RATING_MAX = 0, 10
 MIDPOINT = 0.5  # "neutral or not addressed" on the rating scale, and the value a missing rating is filled with
 
-# One line per dimension of the built-in spaces (sim.valuespace.BUILTIN_SPACES). A bipolar
+# One line per dimension of the built-in spaces (sim.core.valuespace.BUILTIN_SPACES). A bipolar
 # dimension says what each end of the scale means; the others use the shared scale line.
 MEANINGS: dict[str, str] = {
     # Schwartz's ten basic values

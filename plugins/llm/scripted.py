@@ -18,7 +18,7 @@ from pydantic import Field
 
 from sim.contracts import PluginParams
 from sim.llm import ChatRequest, ChatResponse
-from sim.questionnaire import scripted_answer
+from sim.llm.questionnaire import scripted_answer
 
 OPENINGS = ("Here is how I see it.", "Let me share a thought.", "One thing worth considering:",
             "Speaking plainly:", "A quick reflection.")

@@ -10,9 +10,9 @@ import torch
 
 import sim
 from sim.checks import check_policy
-from sim.network import edges_to_network
-from sim.state import AgentParams, Group, State, World
-from sim.valuespace import ValueSpace
+from sim.core.network import edges_to_network
+from sim.contracts import AgentParams, Group, State, World
+from sim.core.valuespace import ValueSpace
 
 from valuesim_example import BridgeBuilder
 

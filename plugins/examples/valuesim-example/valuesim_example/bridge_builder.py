@@ -14,8 +14,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams
-from sim.state import Group, State, World
+from sim.contracts import Group, PluginParams, State, World
 
 
 class BridgeBuilder:

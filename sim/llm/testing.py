@@ -24,7 +24,7 @@ body that is not JSON) or ``"no_choices"`` (JSON without ``choices``).
 Every request is recorded in ``requests`` (path, headers, parsed body, the
 fault applied); ``max_in_flight`` is the most requests ever handled at once.
 
-Run it by hand: ``python -m sim.llm_testserver --port 8000 --latency 0.05``.
+Run it by hand: ``python -m sim.llm.testing --port 8000 --latency 0.05``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from .contracts import Reading
+from ..core.contracts import Reading
 
 TABLES = ("metrics", "values")
 # Events about the run itself; every other event belongs to a step and is replayed on resume.
@@ -264,7 +264,7 @@ def gather_parts(path: Path) -> None:
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
-    from .errors import RunDirError
+    from ..errors import RunDirError
 
     file = Path(path) / "manifest.json"
     if not file.is_file():

@@ -1,7 +1,7 @@
 """Loading a scenario: YAML -> validated, resolved :class:`Scenario`.
 
 Validation happens in two passes, both reported the same way
-(``file:line path: message``): the schema (``sim.schema``), then each plugin
+(``file:line path: message``): the schema (``sim.config.schema``), then each plugin
 the scenario names, looked up in the registry and its parameters validated
 against the plugin's own ``Params``. The result holds the validated
 parameters with every default filled in, which is what the run log writes
@@ -20,13 +20,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from . import registry
-from .errors import PluginError, ScenarioError
+from .. import registry
+from ..errors import PluginError, ScenarioError
 from .distributions import Constant
 from .persona import resolve_persona
 from .schema import GroupSpec, PluginRef, ScenarioSpec
 from .yamlsource import Source, apply_overrides, format_path, parse_yaml, read_yaml
-from .valuespace import ValueSpace
+from ..core.valuespace import ValueSpace
 
 
 @dataclass(frozen=True)

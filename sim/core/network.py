@@ -1,6 +1,6 @@
-"""From what a network generator returns to the CSR :class:`~sim.state.Network`.
+"""From what a network generator returns to the CSR :class:`~sim.core.state.Network`.
 
-A generator (a ``valuesim.networks`` plugin, see ``sim.contracts.NetworkGenerator``)
+A generator (a ``valuesim.networks`` plugin, see ``sim.core.contracts.NetworkGenerator``)
 returns either a ``networkx`` graph on nodes ``0..N-1`` or an ``[E, 2]`` integer
 edge array. Either way the edges are cleaned up here, once: direction is
 dropped, self-loops and duplicate edges are removed, each undirected edge is

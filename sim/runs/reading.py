@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .errors import RunDirError
+from ..errors import RunDirError
 from .runlog import TABLES, pid_alive, read_manifest
 
 

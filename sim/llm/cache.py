@@ -1,6 +1,6 @@
 """The on-disk response cache: a run replays exactly without calling the model again.
 
-Every response is stored under :meth:`sim.llm.ChatRequest.cache_key` (a hash of
+Every response is stored under :meth:`sim.llm.contract.ChatRequest.cache_key` (a hash of
 backend, model, prompt, sampling parameters and seed) in one SQLite file, by
 default ``runs/.llm-cache.sqlite`` shared by every run under ``runs/``.
 :class:`CachedBackend` wraps any backend and answers what it can from the file.
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from .errors import PluginError, ValuesimError
-from .llm import ChatRequest, ChatResponse, LLMBackend
+from ..errors import PluginError, ValuesimError
+from .contract import ChatRequest, ChatResponse, LLMBackend
 
 CacheMode = Literal["off", "read", "readwrite"]
 CACHE_MODES: tuple[str, ...] = ("off", "read", "readwrite")
@@ -137,7 +137,7 @@ def _decode(blob: str) -> ChatResponse | None:
 
 
 class CachedBackend:
-    """Any :class:`~sim.llm.LLMBackend` behind the response cache.
+    """Any :class:`~sim.llm.contract.LLMBackend` behind the response cache.
 
     ``complete(requests)`` looks every request up, sends the misses to the
     inner backend in one batch (a request repeated within the batch is sent

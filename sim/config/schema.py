@@ -14,32 +14,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..core.contracts import Strict
 from .distributions import Constant, Distribution, Uniform
-from .valuespace import BUILTIN_SPACES
+from ..core.valuespace import BUILTIN_SPACES
 
 GROUP_KINDS = ("human", "llm", "ai", "rl")
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
-
-
-class Strict(BaseModel):
-    """Frozen; an unknown key is an error that names the nearest allowed key."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            allowed = [name for name in cls.model_fields]
-            for key in data:
-                if key not in allowed:
-                    close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
-                    raise PydanticCustomError(
-                        "unknown_key", "unknown key '{key}'{hint} (allowed: {allowed})",
-                        {"key": key, "hint": hint, "allowed": ", ".join(allowed)},
-                    )
-        return data
 
 
 # ---------------------------------------------------------------- per-agent parameters

@@ -10,11 +10,12 @@ from typing import Callable
 
 import torch
 
-from .engine import Simulation, StepError
-from .errors import RunDirError, RunFailed, ScenarioError
-from .llm import BudgetExhausted
+from ..config.build import build_simulation
+from ..core.engine import Simulation, StepError
+from ..errors import RunDirError, RunFailed, ScenarioError
+from ..llm.contract import BudgetExhausted
 from .runlog import RunLog, new_run_dir, pid_alive, read_manifest, versions, git_commit
-from .scenario import Scenario, load_scenario, scenario_from_yaml
+from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
 
 Progress = Callable[[int, int], None]
 
@@ -50,7 +51,7 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
     if worlds is not None:
         scenario = _with_flag(scenario, "worlds", worlds, minimum=1)
     cache_path = Path(runs_dir) / ".llm-cache.sqlite"
-    simulation = Simulation.build(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
+    simulation = build_simulation(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
     path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
     if path.exists() and any(path.iterdir()):
         raise RunDirError(f"--out {path}: the directory exists and is not empty")
@@ -83,7 +84,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
     text = (path / "scenario.yaml").read_text(encoding="utf-8")
     scenario = scenario_from_yaml(text, str(path / "scenario.yaml"), base_dir=manifest["base_dir"])
     cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
-    simulation = Simulation.build(scenario, worlds=manifest["worlds"], device=device or _device_arg(manifest),
+    simulation = build_simulation(scenario, worlds=manifest["worlds"], device=device or _device_arg(manifest),
                                   context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
     simulation.restore(torch.load(checkpoint, weights_only=False))
     log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step,
@@ -162,7 +163,7 @@ def _llm_context(scenario: Scenario, mode: str, cache_path: Path) -> dict:
         raise ScenarioError(f"must be off, read or readwrite, got {mode!r}", location="--llm-cache")
     if mode == "off" or not any(g.policy.name == "llm" for g in scenario.spec.population):
         return {"llm_cache": None, "llm_cache_mode": mode}
-    from .llmcache import ResponseCache
+    from ..llm.cache import ResponseCache
 
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     return {"llm_cache": ResponseCache(cache_path), "llm_cache_mode": mode}

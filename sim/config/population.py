@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from .distributions import Constant, DimResolver
-from .errors import ScenarioError
+from ..errors import ScenarioError
 from .persona import read_agent
 from .scenario import Scenario
 from .schema import FileInit, GroupSpec, ProfileInit
-from .state import AgentParams, Group
+from ..core.state import AgentParams, Group
 
 # Allowed ranges of per-agent parameters; normal draws are clipped into them.
 PARAM_RANGES = {"confidence": (1e-6, 1.0), "rate": (1e-6, 0.5), "anchoring": (0.0, 1.0)}

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from .registry import unknown_name_message
+from ..plugin.kinds import unknown_name_message
 
 
 def agents_dir(base_dir: Path) -> Path:

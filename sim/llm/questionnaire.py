@@ -27,12 +27,13 @@ from typing import Annotated, Any, Mapping
 
 from pydantic import Field, ValidationError, model_validator
 
-from .errors import ScenarioError
-from .llm import ChatRequest, ChatResponse, Sampling
-from .schema import Strict
-from .yamlsource import Source, format_path, parse_yaml
+from ..errors import ScenarioError
+from .contract import ChatRequest, ChatResponse, Sampling
+from ..config.schema import Strict
+from ..config.yamlsource import Source, format_path, parse_yaml
 
-QUESTIONNAIRE_DIR = Path(__file__).resolve().parent.parent / "agents" / "questionnaires"
+# ``sim/data/agents`` is the checkout's ``agents/`` (a link) and, in a wheel, the copy shipped with the package.
+QUESTIONNAIRE_DIR = Path(__file__).resolve().parent.parent / "data" / "agents" / "questionnaires"
 # Deterministic and short: an answer is one number.
 ANSWER_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=8)
 DEFAULT_SCALE = (1, 6)

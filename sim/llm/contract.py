@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from .errors import ValuesimError
+from ..errors import BudgetExhausted, ValuesimError  # noqa: F401  (BudgetExhausted: re-exported for backends)
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,6 @@ class ChatResponse:
 
     def as_cached(self) -> "ChatResponse":
         return replace(self, cached=True)
-
-
-class BudgetExhausted(ValuesimError):
-    """A backend's request or token budget is spent: the run stops cleanly and can be resumed."""
 
 
 @runtime_checkable

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ScenarioError
+from ..errors import ScenarioError
 
 Path_ = tuple[Any, ...]
 

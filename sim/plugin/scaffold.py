@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from string import Template
 
-from .errors import ValuesimError
+from ..errors import ValuesimError
 
 # What a user may type for a kind -> the registry's kind.
 KIND_WORDS = {
@@ -96,7 +96,7 @@ def check_name(name: str) -> None:
 
 def _refuse_taken_name(kind: str, name: str) -> None:
     # Two installed plugins with one name: the registry keeps only the first, so say so now.
-    from . import registry
+    from .. import registry
 
     taken = registry.entry_points(kind).get(name)
     if taken is not None:
@@ -280,8 +280,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams
-from sim.state import Group, State, World
+from sim.contracts import Group, PluginParams, State, World
 
 
 class $class_name:
@@ -349,8 +348,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams
-from sim.state import State, World
+from sim.contracts import PluginParams, State, World
 
 
 class $class_name:
@@ -419,8 +417,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams, Reading
-from sim.state import State, World
+from sim.contracts import PluginParams, Reading, State, World
 
 
 class $class_name:

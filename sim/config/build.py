@@ -1,0 +1,126 @@
+"""Building a world from a scenario: the scenario's plugins, network, population and streams as tensors.
+
+``build_simulation`` is the one place a :class:`~sim.config.scenario.Scenario`
+becomes a :class:`~sim.core.engine.Simulation`; the engine itself knows no
+scenario files. It is public as ``sim.build``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import registry
+from ..core.contracts import NetworkRequest
+from ..core.engine import Simulation
+from ..core.network import build_network, edges_to_network
+from ..core.rng import Generators
+from ..core.state import State, World
+from ..errors import ScenarioError, ValuesimError
+from .population import agent_params, initial_values, layout
+from .scenario import Scenario, instantiate
+from .schema import PluginRef
+
+
+def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
+                     seed: int | None = None, network: np.ndarray | None = None,
+                     context: dict[str, Any] | None = None, measure: bool = True) -> Simulation:
+    """Build the world of ``scenario`` (B = ``worlds`` or the scenario's ``worlds``) on ``device``.
+
+    ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
+    for benchmarks that give several tools the very same graph.
+    ``context`` carries run-level services to plugins (``world.context``):
+    the LLM response cache and its mode. ``measure=False`` skips the
+    policies' start-of-run measurements (questionnaires put to a model), for
+    checking a scenario without calling anything.
+    """
+    device = _device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ScenarioError("--device cuda was asked for, but this torch build sees no CUDA device "
+                            "(see the README for installing a CUDA build of torch)")
+    spec = scenario.spec
+    b = worlds or spec.worlds
+    gens = Generators.from_seed(spec.seed if seed is None else seed, device)
+    groups = layout(scenario)
+    n = groups[-1].stop
+    if network is None:
+        net = _scenario_network(scenario, groups, gens.network_seed)
+    else:
+        net = edges_to_network(n, network)
+    init = initial_values(scenario, b, gens.population)
+    params = agent_params(scenario, b, gens.population)
+    policies = [(g.policy.name, instantiate("policies", g.policy)) for g in spec.population]
+    honest = torch.cat([torch.full((grp.size,), getattr(p, "expresses_own_values", False), dtype=torch.bool)
+                        for grp, (_, p) in zip(groups, policies)])
+    group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
+    run_seed = spec.seed if seed is None else seed
+    world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
+                  initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device),
+                  context={"seed": run_seed, **(context or {})})
+    state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
+    _prepare_policies(scenario, world, policies)
+    dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
+    _check_parameters_used(scenario, [d for _, d in dynamics])
+    simulation = Simulation(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
+                            policies=policies, stop_tolerance=spec.stop.tolerance,
+                            metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
+                            metric_carry=[None] * len(spec.metrics))
+    if measure:
+        simulation.measure_at_build()
+    return simulation
+
+
+def _prepare_policies(scenario: Scenario, world: World, policies) -> None:
+    """Let each policy refuse a world it cannot serve (optional ``prepare``), as a scenario error."""
+    for i, (group, (name, policy)) in enumerate(zip(world.groups, policies)):
+        prepare = getattr(policy, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare(world, group)
+        except ScenarioError as exc:
+            if exc.location is not None:
+                raise
+            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
+        except (ValueError, ValuesimError) as exc:  # a policy or its backend refusing this world
+            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
+
+
+def _device(name: str | torch.device) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ScenarioError(f"must be cpu, cuda or cuda:<index>, got {str(name)!r}", location="--device")
+    return device
+
+
+def _scenario_network(scenario: Scenario, groups, seed: int):
+    spec = scenario.spec.network
+    generator = instantiate("networks", PluginRef(name=spec.generator, params=spec.params))
+    request = NetworkRequest(n=groups[-1].stop, groups=groups, seed=seed, base_dir=scenario.base_dir)
+    try:
+        return build_network(generator, request)
+    except ScenarioError as exc:
+        if exc.location is None and exc.path:
+            raise scenario.error(exc.path, exc.message) from None
+        raise
+
+
+def _check_parameters_used(scenario: Scenario, dynamics: list[Any]) -> None:
+    """A per-agent parameter set in the scenario but read by no listed dynamics is an error."""
+    used = set()
+    for plugin in dynamics:
+        used.update(getattr(plugin, "uses", ()))
+    for i, group in enumerate(scenario.spec.population):
+        for name in ("confidence", "rate", "anchoring"):
+            # a resolved scenario spells out every default, so only a value away from it counts as set
+            if getattr(group, name) != type(group).model_fields[name].default and name not in used:
+                users = [n for n in registry.names("dynamics") if name in getattr(registry.get("dynamics", n),
+                                                                                  "uses", ())]
+                raise scenario.error(
+                    f"population[{i}].{name}",
+                    f"is set, but no listed dynamics uses it (add one of: {', '.join(users)})")
