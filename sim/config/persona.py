@@ -1,4 +1,11 @@
-"""Agent definitions in ``agents/``: value archetypes and LLM personas, read as data."""
+"""Agent definitions in ``agents/``: value archetypes and LLM personas, read as data.
+
+A name is looked up in the ``agents/`` folder of the scenario's project first
+(the scenario's folder or the nearest one above it that has one), then in the
+definitions installed with the package (``sim/data/agents``: in a checkout a
+link to the top-level ``agents/``, in a wheel a copy), so a scenario copied
+alone anywhere still finds ``neutral_assistant``.
+"""
 
 from __future__ import annotations
 
@@ -11,21 +18,27 @@ import yaml
 from ..plugin.kinds import unknown_name_message
 
 
-def agents_dir(base_dir: Path) -> Path:
-    """``agents/`` in the scenario's folder or the nearest one above it (the project layout), else in the cwd."""
-    for base in (base_dir, *base_dir.parents):
-        if (base / "agents").is_dir():
-            return base / "agents"
-    return Path.cwd() / "agents"
+# The definitions shipped with the package (package-data in pyproject.toml).
+INSTALLED_AGENTS = Path(__file__).resolve().parent.parent / "data" / "agents"
+
+
+def agents_dirs(base_dir: Path) -> list[Path]:
+    """Where agent names are looked up, in order: the scenario's project ``agents/``, then the installed ones."""
+    project = next((b / "agents" for b in (base_dir, *base_dir.parents) if (b / "agents").is_dir()), None)
+    folders = [project] if project is not None else []
+    if INSTALLED_AGENTS.is_dir() and not any(f.resolve() == INSTALLED_AGENTS.resolve() for f in folders):
+        folders.append(INSTALLED_AGENTS)
+    return folders
 
 
 def read_agent(name: str, base_dir: Path) -> tuple[dict[str, Any], Path]:
     """The mapping in ``agents/<name>.yaml``; ValueError with the known names when there is none."""
-    folder = agents_dir(base_dir)
-    path = folder / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
-        raise ValueError(unknown_name_message("agent definition", name, known, f"in {folder}"))
+    folders = agents_dirs(base_dir)
+    path = next((f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()), None)
+    if path is None:
+        known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
+        where = "in " + " or ".join(map(str, folders)) if folders else "no agents/ folder found"
+        raise ValueError(unknown_name_message("agent definition", name, known, where))
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of fields")
