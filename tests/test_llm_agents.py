@@ -233,7 +233,7 @@ def test_validate_checks_an_llm_scenario_without_calling_the_model(tmp_path, wri
     assert "VALUESIM_TEST_KEY" in err and SECRET not in err
 
 
-def test_one_batch_per_group_and_step_holds_every_speaker_of_every_world(tmp_path, write_scenario, monkeypatch):
+def test_one_batch_per_group_and_step_holds_every_speaker_of_every_world(tmp_path, write_scenario):
     from plugins.llm.scripted import ScriptedBackend
     from sim import registry
 
@@ -246,14 +246,14 @@ def test_one_batch_per_group_and_step_holds_every_speaker_of_every_world(tmp_pat
             batches.append(len(requests))
             return await super().complete(requests)
 
-    monkeypatch.setattr(registry, "_dropins", {"llm_backends": {"counting": (CountingBackend, "test")}})
-    monkeypatch.setattr(registry, "_loaded", {})
     data = town(steps=4, worlds=3)
     data["population"][1]["backend"] = "counting"
     data["population"][1]["persona"] = {"name": "neutral_assistant", "questionnaire": {"at_start": False}}
     data["population"] = data["population"][:2]
     data["network"] = {"generator": "stochastic_block", "params": {"p": [[0.03, 0.3], [0.3, 0.0]]}}
-    _run(tmp_path, write_scenario, data, llm_cache="off")
+    with registry.scratch():
+        registry.register("llm_backends", "counting")(CountingBackend)
+        _run(tmp_path, write_scenario, data, llm_cache="off")
     assert batches == [2 * 3] * 4, "each step: one batch with both assistants of all three worlds"
 
 

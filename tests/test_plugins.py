@@ -30,15 +30,15 @@ class Mirror:
     def __init__(self, params):
         self.params = params
 
-    def express(self, state, world, group, generator):
+    def express(self, state, world, group, rng):
         return (2 * self.params.pivot - state.values[:, group.rows]).clamp(0, 1)
 '''
 
 
 @pytest.fixture
-def clean_registry(monkeypatch):
-    monkeypatch.setattr(registry, "_dropins", {})
-    monkeypatch.setattr(registry, "_loaded", {})
+def clean_registry():
+    with registry.scratch():
+        yield
 
 
 def _scenario_with(policy: str) -> dict:
@@ -97,9 +97,9 @@ def broken_distribution(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-dist\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[valuesim.policies]\nshaky = no_such_module_xyz:Thing\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    registry.refresh()
-    yield
-    registry.refresh()
+    with registry.scratch():
+        registry.refresh()
+        yield
 
 
 def test_an_installed_plugin_that_fails_to_import_is_a_warning_in_listings(broken_distribution, capsys):
@@ -148,10 +148,27 @@ def test_two_installed_plugins_with_one_name_warn_with_both_distributions(tmp_pa
         (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: 1.0\n")
         (info / "entry_points.txt").write_text(f"[valuesim.metrics]\ntwin = {target}\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    registry.refresh()
-    try:
+    with registry.scratch():
+        registry.refresh()
         with pytest.warns(UserWarning, match=r"two metrics plugins are named 'twin': distribution (aaa-one|bbb-two) "
                                              r"\(\w+_module:\w+\) and distribution (aaa-one|bbb-two)"):
             assert "twin" in registry.names("metrics")
-    finally:
+
+
+def test_scratch_undoes_registrations_loads_and_discovery(tmp_path):
+    before = registry.names("policies")
+    (tmp_path / "mirror.py").write_text(DROP_IN.format(tag="s"))
+
+    class Fake:
+        """A fake metric, registered from code."""
+
+    with registry.scratch():
+        registry.register("metrics", "fake_metric")(Fake)
+        registry.load_files([tmp_path / "mirror.py"])
+        assert registry.origin("metrics", "fake_metric") == f"module {__name__}"
+        assert "mirror_s" in registry.names("policies") and registry.get("policies", "mirror_s")
         registry.refresh()
+    assert "fake_metric" not in registry.names("metrics") and registry.names("policies") == before
+    with registry.scratch():  # the file was forgotten with its plugin, so it loads again
+        registry.load_files([tmp_path / "mirror.py"])
+        assert registry.origin("policies", "mirror_s") == f"file {tmp_path / 'mirror.py'}"

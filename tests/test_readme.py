@@ -38,18 +38,16 @@ def test_readme_analysis_examples_run(tmp_path, monkeypatch):
     exec(compile(api, "README API", "exec"), {})
 
 
-def test_readme_plugin_example_works_as_a_dynamics(tmp_path, write_scenario, monkeypatch):
+def test_readme_plugin_example_works_as_a_dynamics(tmp_path, write_scenario):
     (plugin,) = [b for b in PYTHON_BLOCKS if "class DriftToCentre" in b]
     namespace: dict = {}
     exec(compile(plugin, "README plugin", "exec"), namespace)
-    # stand in for `pip install -e mypkg`: a fake entry point, then the normal lookup
-    monkeypatch.setitem(registry._entry_points, "dynamics", {**registry.entry_points("dynamics"),
-                                                              "drift_to_centre": None})
-    monkeypatch.setitem(registry._loaded, ("dynamics", "drift_to_centre"), namespace["DriftToCentre"])
     scenario = small_scenario(dynamics=["deffuant", {"drift_to_centre": {"strength": 0.5}}],
                               metrics=["mean_values"])
     scenario["population"][1].pop("anchoring")
-    path = sim.run(write_scenario(scenario), runs_dir=tmp_path / "runs")
+    with registry.scratch():  # stand in for `pip install -e mypkg`: registered by name, then the normal lookup
+        registry.register("dynamics", "drift_to_centre")(namespace["DriftToCentre"])
+        path = sim.run(write_scenario(scenario), runs_dir=tmp_path / "runs")
     values = sim.open_run(path).values()
     people = values[(values.step == 12) & (values.group == "people")]
     assert (people[["a", "b"]] - 0.5).abs().max().max() < 0.01

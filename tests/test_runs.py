@@ -142,22 +142,22 @@ class _Exploding:
     def __init__(self, params):
         self.calls = 0
 
-    def apply(self, values, expressed, state, world, generator):
+    def apply(self, values, expressed, state, world, rng):
         self.calls += 1
         if self.calls == 3:
             raise RuntimeError("boom")
         return values
 
 
-def test_a_plugin_that_raises_fails_the_run_with_its_log_intact(tmp_path, write_scenario, monkeypatch):
-    monkeypatch.setitem(registry._entry_points, "dynamics", {**registry.entry_points("dynamics"), "exploding": None})
-    monkeypatch.setitem(registry._loaded, ("dynamics", "exploding"), _Exploding)
+def test_a_plugin_that_raises_fails_the_run_with_its_log_intact(tmp_path, write_scenario):
     scenario = small_scenario(log_every=1, dynamics=["exploding"])
     for group in scenario["population"]:
         for key in ("confidence", "rate", "anchoring"):
             group.pop(key, None)
-    with pytest.raises(sim.RunFailed, match="step 3: dynamics 'exploding' raised RuntimeError: boom"):
-        sim.run(write_scenario(scenario), runs_dir=tmp_path / "runs")
+    with registry.scratch():
+        registry.register("dynamics", "exploding")(_Exploding)
+        with pytest.raises(sim.RunFailed, match="step 3: dynamics 'exploding' raised RuntimeError: boom"):
+            sim.run(write_scenario(scenario), runs_dir=tmp_path / "runs")
     (run_dir,) = (tmp_path / "runs").iterdir()
     view = sim.open_run(run_dir)
     assert view.status == "failed" and "boom" in view.manifest["error"]

@@ -71,13 +71,13 @@ def test_scaffolded_package_keeps_its_contract_and_runs(kind, tmp_path, monkeypa
         assert plugin.expresses_own_values is False
 
     # The generated tests, with the plugin registered as if its package were installed.
-    monkeypatch.setitem(registry._entry_points, kind, {**registry.entry_points(kind), name: None})
-    monkeypatch.setitem(registry._loaded, (kind, name), plugin)
-    tests = load_module(f"test_plugin_{name}", root / "tests" / "test_plugin.py", monkeypatch)
-    test_functions = [f for n, f in vars(tests).items() if n.startswith("test_")]
-    assert len(test_functions) == 2
-    tests.__dict__[f"test_keeps_the_{KINDS[kind]}_contract"]()
-    tests.test_runs_in_a_scenario(tmp_path / "runs")
+    with registry.scratch():
+        registry.register(kind, name)(plugin)
+        tests = load_module(f"test_plugin_{name}", root / "tests" / "test_plugin.py", monkeypatch)
+        test_functions = [f for n, f in vars(tests).items() if n.startswith("test_")]
+        assert len(test_functions) == 2
+        tests.__dict__[f"test_keeps_the_{KINDS[kind]}_contract"]()
+        tests.test_runs_in_a_scenario(tmp_path / "runs")
 
 
 def test_a_name_that_would_shadow_an_import_gets_a_suffix(tmp_path, monkeypatch):
