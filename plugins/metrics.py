@@ -8,7 +8,7 @@ undefined for a scope (no active agent, too few agents, zero variance) is NaN.
 
 Distances between value vectors are Euclidean divided by ``sqrt(K)``, so they
 lie in [0, 1] whatever the value space (except ``drift``, which is the plain
-Euclidean norm). Sampling uses only the generator passed to ``observe``.
+Euclidean norm). Sampling uses only the random streams passed to ``observe``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams, Reading, State, World
+from sim.contracts import NoParams, PluginParams, Reading, State, Streams, World
 
 from ._reduce import ALL, active_mask, per_scope, scope_means, scope_moments, scope_names, to_reading_tensor
 
@@ -45,7 +45,7 @@ class MeanValues:
     def __init__(self, params: NoParams):
         self.params = params
 
-    def observe(self, state: State, world: World, carry, generator: torch.Generator):
+    def observe(self, state: State, world: World, carry, rng: Streams):
         mean = scope_means(state.values, state.active, world)
         return [_reading("mean_values", mean, world, per_dimension=True)], carry
 
@@ -67,7 +67,7 @@ class Drift:
     def __init__(self, params: NoParams):
         self.params = params
 
-    def observe(self, state: State, world: World, carry, generator: torch.Generator):
+    def observe(self, state: State, world: World, carry, rng: Streams):
         change = state.values - world.initial
         distance = torch.linalg.vector_norm(change, dim=2, keepdim=True)
         drift = scope_means(distance, state.active, world)
@@ -115,7 +115,7 @@ def exact_mean_distance(x: torch.Tensor, active: torch.Tensor | None) -> torch.T
 
 
 def sampled_mean_distance(
-    x: torch.Tensor, active: torch.Tensor | None, pairs: int, generator: torch.Generator,
+    x: torch.Tensor, active: torch.Tensor | None, pairs: int, rng: Streams,
 ) -> torch.Tensor:
     """Estimate of :func:`exact_mean_distance` from ``pairs`` random pairs per world: [B].
 
@@ -125,7 +125,7 @@ def sampled_mean_distance(
     """
     b, n, k = x.shape
     m = torch.full((b,), n) if active is None else active.sum(1).cpu()
-    u = torch.rand(b, pairs, 2, dtype=torch.float64, generator=generator)
+    u = rng.uniform("metrics/mean_distance", (b, pairs, 2), torch.float64).cpu()
     first = (u[..., 0] * m[:, None]).long().clamp(min=0, max=n - 1)
     second = (u[..., 1] * (m[:, None] - 1)).long().clamp(min=0, max=n - 1)
     second = second + (second >= first)
@@ -186,11 +186,11 @@ class Polarization:
     def __init__(self, params: PolarizationParams):
         self.params = params
 
-    def observe(self, state: State, world: World, carry, generator: torch.Generator):
+    def observe(self, state: State, world: World, carry, rng: Streams):
         moments = scope_moments(state.values, state.active, world, order=4)
         variance = moments.moment(2).mean(2, keepdim=True)
         bimodality = bimodality_coefficient(moments.count, *(moments.moment(p) for p in (2, 3, 4)))
-        pairwise = _stack_scopes(per_scope(world, lambda rows: self._pairwise(state, rows, generator)))
+        pairwise = _stack_scopes(per_scope(world, lambda rows: self._pairwise(state, rows, rng)))
         readings = [
             _reading("variance", variance, world, per_dimension=False),
             _reading("pairwise_distance", pairwise, world, per_dimension=False),
@@ -198,11 +198,11 @@ class Polarization:
         ]
         return readings, carry
 
-    def _pairwise(self, state: State, rows: slice, generator: torch.Generator) -> torch.Tensor:
+    def _pairwise(self, state: State, rows: slice, rng: Streams) -> torch.Tensor:
         x, mask = state.values[:, rows], active_mask(state.active[:, rows])
         if x.shape[1] <= self.params.exact_max:
             return exact_mean_distance(x, mask)
-        return sampled_mean_distance(x, mask, self.params.sample_pairs, generator)
+        return sampled_mean_distance(x, mask, self.params.sample_pairs, rng)
 
 
 # --------------------------------------------------------------------------- clusters
@@ -259,9 +259,9 @@ def clusters_1d(x: torch.Tensor, active: torch.Tensor | None, threshold: float, 
     return _count_clusters(_pad(sizes), count, count, min_size)
 
 
-def _sample_rows(b: int, n: int, active: torch.Tensor | None, sample: int, generator: torch.Generator):
+def _sample_rows(b: int, n: int, active: torch.Tensor | None, sample: int, rng: Streams):
     """Rows [B, s] of a uniform sample without replacement of the active agents, and validity."""
-    keys = torch.rand(b, n, generator=generator)
+    keys = rng.uniform("metrics/sample_rows", (b, n)).cpu()
     if active is not None:
         keys = keys.masked_fill(~active.cpu(), 2.0)  # inactive agents only fill a short scope
     rows = keys.topk(sample, dim=1, largest=False).indices
@@ -297,7 +297,7 @@ def _components(points: torch.Tensor, valid: torch.Tensor, radius: float) -> np.
 
 
 def clusters_sampled(
-    x: torch.Tensor, active: torch.Tensor | None, params: ClustersParams, generator: torch.Generator,
+    x: torch.Tensor, active: torch.Tensor | None, params: ClustersParams, rng: Streams,
 ):
     """Single-linkage clusters on at most ``params.sample`` agents per world: (clusters, largest) [B]."""
     b, n, k = x.shape
@@ -305,7 +305,7 @@ def clusters_sampled(
         rows = torch.arange(n).expand(b, n)
         valid = torch.ones(b, n, dtype=torch.bool) if active is None else active.cpu()
     else:
-        rows, valid = _sample_rows(b, n, active, params.sample, generator)
+        rows, valid = _sample_rows(b, n, active, params.sample, rng)
     points = x.gather(1, rows.to(x.device)[..., None].expand(-1, -1, k)).double()
     labels = _components(points, valid.to(x.device), params.threshold * math.sqrt(k))
     sizes = _pad([np.unique(labels[w][valid[w].numpy()], return_counts=True)[1] for w in range(b)])
@@ -334,7 +334,7 @@ class Clusters:
     K = 1: exact for any N (sort, split at gaps > threshold). K > 1: exact on
     the scope when it has at most ``sample`` agents; otherwise on a uniform
     sample of ``sample`` active agents drawn without replacement with the
-    metrics' generator (a new sample at each observation). Shares are then
+    metrics' rng (a new sample at each observation). Shares are then
     shares of the sample, and a count ``min_size`` is compared with a
     cluster's sampled size scaled up to the scope. Sampling can split a
     sparse chain that the whole population would join, and misses clusters
@@ -346,19 +346,19 @@ class Clusters:
     def __init__(self, params: ClustersParams):
         self.params = params
 
-    def observe(self, state: State, world: World, carry, generator: torch.Generator):
-        results = per_scope(world, lambda rows: self._scope(state, rows, generator))
+    def observe(self, state: State, world: World, carry, rng: Streams):
+        results = per_scope(world, lambda rows: self._scope(state, rows, rng))
         readings = [
             _reading("clusters", _stack_scopes([r[0] for r in results]), world, per_dimension=False),
             _reading("largest_cluster", _stack_scopes([r[1] for r in results]), world, per_dimension=False),
         ]
         return readings, carry
 
-    def _scope(self, state: State, rows: slice, generator: torch.Generator):
+    def _scope(self, state: State, rows: slice, rng: Streams):
         x, mask = state.values[:, rows], active_mask(state.active[:, rows])
         if x.shape[2] == 1:
             return clusters_1d(x[..., 0], mask, self.params.threshold, self.params.min_size)
-        return clusters_sampled(x, mask, self.params, generator)
+        return clusters_sampled(x, mask, self.params, rng)
 
 
 # --------------------------------------------------------------------------- consensus
@@ -387,7 +387,7 @@ class ConsensusTime:
     def __init__(self, params: ConsensusTimeParams):
         self.params = params
 
-    def observe(self, state: State, world: World, carry, generator: torch.Generator):
+    def observe(self, state: State, world: World, carry, rng: Streams):
         spread = self.spread(state.values, active_mask(state.active)).cpu().double()
         first = self._first_step(carry, spread.shape[0])
         now = spread <= self.params.tolerance

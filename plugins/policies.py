@@ -13,9 +13,8 @@ from typing import Annotated, ClassVar, Literal, Union
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams
+from sim.contracts import Group, NoParams, PluginParams, State, Streams, World
 from sim.config.distributions import DimResolver
-from sim.contracts import Group, State, World
 
 UnitFloat = Annotated[float, Field(ge=0, le=1)]
 ValueVector = Union[UnitFloat, list[UnitFloat], dict[str, UnitFloat]]
@@ -31,7 +30,7 @@ class Honest:
     def __init__(self, params):
         self.params = params
 
-    def express(self, state: State, world: World, group: Group, generator: torch.Generator) -> torch.Tensor:
+    def express(self, state: State, world: World, group: Group, rng: Streams) -> torch.Tensor:
         return state.values[:, group.rows]
 
 
@@ -55,7 +54,7 @@ class Zealot:
         if self.params.values is not None:
             DimResolver(world.space.dimensions)(self.params.values)  # raises ValueError on a bad vector
 
-    def express(self, state, world, group, generator):
+    def express(self, state, world, group, rng):
         if self.params.values is None:
             return world.initial[:, group.rows]
         shown = DimResolver(world.space.dimensions)(self.params.values).to(state.values)
@@ -76,12 +75,12 @@ class Random:
     def __init__(self, params):
         self.params = params
 
-    def express(self, state, world, group, generator):
+    def express(self, state, world, group, rng):
         shape = (world.b, group.size, world.k)
         own = state.values[:, group.rows]
         if self.params.mode == "uniform":
-            return torch.rand(shape, generator=generator, device=own.device, dtype=own.dtype)
-        noise = torch.randn(shape, generator=generator, device=own.device, dtype=own.dtype)
+            return rng.uniform(f"random/{group.name}", shape).to(own.dtype)
+        noise = rng.normal(f"random/{group.name}", shape).to(own.dtype)
         return (own + self.params.sigma * noise).clamp(0.0, 1.0)
 
 
@@ -97,7 +96,7 @@ class Contrarian:
     def __init__(self, params):
         self.params = params
 
-    def express(self, state, world, group, generator):
+    def express(self, state, world, group, rng):
         own = state.values[:, group.rows]
         return own + self.params.strength * (1.0 - 2.0 * own)
 
@@ -137,7 +136,7 @@ class StrategicInfluencer:
             raise ValueError(f"targets must be 'neighbours' or a group name ({', '.join(names)}), "
                              f"got {self.params.targets!r}")
 
-    def express(self, state, world, group, generator):
+    def express(self, state, world, group, rng):
         goal = DimResolver(world.space.dimensions)(self.params.goal).to(state.values)
         if self.params.targets == "neighbours":
             centre, bound, has_targets = _neighbour_view(state, world, group, self.params.bound)

@@ -13,6 +13,7 @@ from plugins.dynamics.reference import (
     algorithmic_bias_reference, deffuant_reference, hegselmann_krause_reference,
 )
 from plugins.dynamics.synchronous import HegselmannKrause
+from sim.contracts import Streams
 from sim.core.pairing import rounds, sample_pairs
 from tests.conftest import make_world
 
@@ -36,7 +37,7 @@ def test_deffuant_kernels_equal_the_sequential_reference(kernel, distance, repul
     graph.add_node(n - 1)  # keep an isolated-prone shape: draws on degree-0 agents must be spent, not crash
     world, state = make_world(values, graph, confidence=_hetero(b, n, 0.2, 0.5, 1), rate=_hetero(b, n, 0.1, 0.5, 2))
     dyn = Deffuant(Deffuant.Params(distance=distance, kernel=kernel, repulsion=repulsion))
-    focal, partner = sample_pairs(world.network, b, 5 * n, g)
+    focal, partner = sample_pairs(world.network, 5 * n, Streams.of(7, b), "test")
     got = dyn.apply_pairs(state.values, state.values, world, focal, partner)
     for w in range(b):
         want = deffuant_reference(values[w].numpy(), focal[w].numpy(), partner[w].numpy(),
@@ -51,7 +52,7 @@ def test_numba_and_torch_kernels_agree_bit_for_bit():
     g = torch.Generator().manual_seed(3)
     values = torch.rand((b, n, k), generator=g)
     world, state = make_world(values, nx.erdos_renyi_graph(n, 0.02, seed=2), confidence=0.35, rate=0.4)
-    focal, partner = sample_pairs(world.network, b, 3 * n, g)
+    focal, partner = sample_pairs(world.network, 3 * n, Streams.of(3, b), "test")
     a = Deffuant(Deffuant.Params(kernel="numba")).apply_pairs(values, values, world, focal, partner)
     c = Deffuant(Deffuant.Params(kernel="torch")).apply_pairs(values, values, world, focal, partner)
     assert torch.equal(a, c)
@@ -80,7 +81,7 @@ def test_sample_pairs_draws_uniform_neighbours_like_the_sequential_model():
     # A star: the hub's partner must be uniform over its leaves; a leaf always meets the hub.
     n = 6
     world, _ = make_world(torch.zeros(1, n, 1), nx.star_graph(n - 1))
-    focal, partner = sample_pairs(world.network, 1, 60000, torch.Generator().manual_seed(1))
+    focal, partner = sample_pairs(world.network, 60000, Streams.of(1, 1), "test")
     hub = focal[0] == 0
     counts = torch.bincount(partner[0][hub], minlength=n)[1:].double()
     assert (counts / counts.sum() - 0.2).abs().max() < 0.02
@@ -97,7 +98,7 @@ def test_hegselmann_krause_kernels_equal_the_reference(kernel, distance):
     graph = nx.erdos_renyi_graph(n, 0.1, seed=4)
     world, state = make_world(values, graph, confidence=_hetero(b, n, 0.1, 0.4, 5))
     got = HegselmannKrause(HegselmannKrause.Params(distance=distance, kernel=kernel)).apply(
-        values, values, state, world, g)
+        values, values, state, world, Streams.of(11, b))
     neighbours = [sorted(graph.neighbors(i)) for i in range(n)]
     for w in range(b):
         want = hegselmann_krause_reference(values[w].numpy(), neighbours, world.params.confidence[w].numpy(), distance)
@@ -128,8 +129,8 @@ def test_deffuant_with_equal_rates_conserves_the_mean_and_stays_in_the_unit_cube
     world, state = make_world(values, nx.erdos_renyi_graph(n, 0.05, seed=8), confidence=0.5, rate=0.5)
     dyn = Deffuant(Deffuant.Params())
     x = values
-    for _ in range(20):
-        x = dyn.apply(x, x, state, world, g)
+    for step in range(20):
+        x = dyn.apply(x, x, state, world, Streams.of(2, b).at(step))
     assert torch.allclose(x.double().mean(1), values.double().mean(1), atol=1e-5)
     assert x.min() >= 0 and x.max() <= 1
     assert x.std(1).mean() < values.std(1).mean() * 0.5, "opinions should have contracted"
@@ -141,7 +142,7 @@ def test_zealots_never_move_even_within_a_step():
     zealot = torch.zeros((1, n), dtype=torch.bool)
     zealot[0, :5] = True
     world, state = make_world(values, confidence=1.0, rate=0.5, zealot=zealot)
-    x = Deffuant(Deffuant.Params()).apply(values, values, state, world, torch.Generator().manual_seed(1))
+    x = Deffuant(Deffuant.Params()).apply(values, values, state, world, Streams.of(1, b))
     assert torch.equal(x[0, :5], values[0, :5])
     assert not torch.equal(x[0, 5:], values[0, 5:])
 
@@ -150,14 +151,14 @@ def test_friedkin_johnsen_pulls_toward_initial_values():
     values = torch.full((1, 4, 2), 0.2)
     world, state = make_world(values, anchoring=torch.tensor([[0.0, 0.5, 1.0, 0.25]]))
     moved = torch.full((1, 4, 2), 1.0)
-    out = FriedkinJohnsen(FriedkinJohnsen.Params()).apply(moved, moved, state, world, torch.Generator())
+    out = FriedkinJohnsen(FriedkinJohnsen.Params()).apply(moved, moved, state, world, Streams.of(0, moved.shape[0]))
     assert torch.allclose(out[0, :, 0], torch.tensor([1.0, 0.6, 0.2, 0.8]))
 
 
 def test_noise_has_the_asked_spread_and_stays_in_bounds():
     values = torch.full((2, 5000, 2), 0.5)
     world, state = make_world(values, graph=nx.empty_graph(5000))
-    out = Noise(Noise.Params(sigma=0.05)).apply(values, values, state, world, torch.Generator().manual_seed(0))
+    out = Noise(Noise.Params(sigma=0.05)).apply(values, values, state, world, Streams.of(0, values.shape[0]))
     assert abs(out.std().item() - 0.05) < 0.002
-    edge = Noise(Noise.Params(sigma=1.0)).apply(values, values, state, world, torch.Generator().manual_seed(0))
+    edge = Noise(Noise.Params(sigma=1.0)).apply(values, values, state, world, Streams.of(0, values.shape[0]))
     assert edge.min() >= 0 and edge.max() <= 1

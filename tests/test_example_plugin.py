@@ -13,7 +13,7 @@ import torch
 import sim
 from sim import registry
 from sim.checks import check_policy
-from sim.contracts import Group
+from sim.contracts import Group, Streams
 from tests.conftest import REPO, make_world
 
 try:
@@ -54,7 +54,7 @@ def test_bridge_builder_matches_the_reference_loop(weight, rows):
     world, state, graph = small_world()
     group = Group("bridges", "human", *rows)
     before = state.values.clone()
-    shown = BridgeBuilder(BridgeBuilder.Params(weight=weight)).express(state, world, group, torch.Generator())
+    shown = BridgeBuilder(BridgeBuilder.Params(weight=weight)).express(state, world, group, Streams.of(0, state.values.shape[0]))
     expected = reference_express(state.values, state.active, graph, group, weight)
     assert shown.shape == (3, group.size, 4) and shown.dtype == state.values.dtype
     torch.testing.assert_close(shown.double(), expected, rtol=0, atol=1e-6)
@@ -64,9 +64,9 @@ def test_bridge_builder_matches_the_reference_loop(weight, rows):
 def test_weight_zero_and_isolated_agents_show_their_own_values_exactly():
     world, state, _ = small_world()
     group = Group("bridges", "human", 5, 20)
-    shown = BridgeBuilder(BridgeBuilder.Params(weight=0.0)).express(state, world, group, torch.Generator())
+    shown = BridgeBuilder(BridgeBuilder.Params(weight=0.0)).express(state, world, group, Streams.of(0, state.values.shape[0]))
     assert torch.equal(shown, state.values[:, group.rows])
-    shown = BridgeBuilder(BridgeBuilder.Params(weight=1.0)).express(state, world, group, torch.Generator())
+    shown = BridgeBuilder(BridgeBuilder.Params(weight=1.0)).express(state, world, group, Streams.of(0, state.values.shape[0]))
     assert torch.equal(shown[:, 7 - 5], state.values[:, 7])
 
 

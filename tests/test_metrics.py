@@ -12,7 +12,7 @@ import scipy.stats
 import torch
 
 from plugins.metrics import Clusters, ConsensusTime, Drift, MeanValues, Polarization
-from sim.contracts import AgentParams, Group, Network, State, World
+from sim.contracts import AgentParams, Group, Network, State, Streams, World
 from sim.core.valuespace import value_space
 
 
@@ -42,7 +42,7 @@ def make(values, initial=None, groups=None, active=None, step=0):
 
 
 def observe(metric, world, state, carry=None, seed=0):
-    readings, carry = metric.observe(state, world, carry, torch.Generator().manual_seed(seed))
+    readings, carry = metric.observe(state, world, carry, Streams.of(seed, state.values.shape[0]))
     return {r.metric: r for r in readings}, carry
 
 

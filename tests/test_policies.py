@@ -9,6 +9,7 @@ import torch
 import sim
 from plugins.policies import Contrarian, Honest, Random, StrategicInfluencer, Zealot
 from sim import build
+from sim.contracts import Streams
 from sim.config.scenario import scenario_from_dict
 from tests.conftest import make_world
 
@@ -23,7 +24,7 @@ def _world(n=40, k=2, b=2, seed=0):
 def test_honest_zealot_random_contrarian_show_what_they_say():
     world, state = _world()
     group = world.groups[0]
-    g = torch.Generator().manual_seed(1)
+    g = Streams.of(1, state.values.shape[0])
     assert torch.equal(Honest(Honest.Params()).express(state, world, group, g), state.values)
     assert torch.equal(Zealot(Zealot.Params()).express(state, world, group, g), world.initial)
     fixed = Zealot(Zealot.Params(values={"d0": 0.9, "d1": 0.1})).express(state, world, group, g)
@@ -57,7 +58,7 @@ def test_strategic_influencer_against_a_slow_loop_and_inside_the_bound():
     world, state = _world()
     goal = torch.tensor([1.0, 0.0])
     policy = StrategicInfluencer(StrategicInfluencer.Params(goal=[1.0, 0.0], margin=0.8))
-    shown = policy.express(state, world, world.groups[0], torch.Generator())
+    shown = policy.express(state, world, world.groups[0], Streams.of(0, state.values.shape[0]))
     assert torch.allclose(shown, _slow_influencer(state, world, goal, 0.8), atol=1e-6)
 
 

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams
+from sim.contracts import PluginParams, State, Streams, World
 from sim.core.pairing import rounds, sample_pairs
-from sim.contracts import State, World
 
 METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
 
@@ -66,10 +65,10 @@ class Deffuant:
         self.params = params
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
-              generator: torch.Generator) -> torch.Tensor:
+              rng: Streams) -> torch.Tensor:
         count = _draw_count(self.params, world)
         active = None if bool(state.active.all()) else state.active
-        focal, partner = sample_pairs(world.network, world.b, count, generator, active)
+        focal, partner = sample_pairs(world.network, count, rng, "deffuant", active)
         return self.apply_pairs(values, expressed, world, focal, partner)
 
     def apply_pairs(self, values, expressed, world: World, focal, partner) -> torch.Tensor:
@@ -107,11 +106,10 @@ class AlgorithmicBias(Deffuant):
         """Distances below this count as this (keeps distance^-gamma finite)."""
         kernel: Literal["auto", "numba"] = "auto"
 
-    def apply(self, values, expressed, state, world, generator):
+    def apply(self, values, expressed, state, world, rng):
         count = _draw_count(self.params, world)
-        device = values.device
-        focal = torch.randint(world.n, (world.b, count), generator=generator, device=device)
-        u = torch.rand((world.b, count), generator=generator, device=device, dtype=torch.float64)
+        focal = rng.integers("algorithmic_bias/focal", world.n, (world.b, count))
+        u = rng.uniform("algorithmic_bias/partner", (world.b, count), torch.float64)
         return self.apply_draws(values, expressed, state, world, focal, u)
 
     def apply_draws(self, values, expressed, state, world, focal, u):

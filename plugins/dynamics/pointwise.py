@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams, State, World
+from sim.contracts import NoParams, PluginParams, State, Streams, World
 
 
 class FriedkinJohnsen:
@@ -25,7 +25,7 @@ class FriedkinJohnsen:
         self.params = params
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
-              generator: torch.Generator) -> torch.Tensor:
+              rng: Streams) -> torch.Tensor:
         lam = world.params.anchoring.to(values.dtype)[..., None]
         return lam * world.initial + (1 - lam) * values
 
@@ -44,9 +44,9 @@ class Noise:
     def __init__(self, params):
         self.params = params
 
-    def apply(self, values, expressed, state, world, generator):
-        noise = torch.randn(values.shape, generator=generator, device=values.device, dtype=values.dtype)
+    def apply(self, values, expressed, state, world, rng):
+        noise = rng.normal("noise/sigma", values.shape).to(values.dtype)
         if self.params.share < 1.0:
-            hit = torch.rand(values.shape[:2], generator=generator, device=values.device) < self.params.share
+            hit = rng.uniform("noise/share", values.shape[:2]) < self.params.share
             noise = noise * hit[..., None]
         return (values + self.params.sigma * noise).clamp_(0.0, 1.0)

@@ -15,7 +15,7 @@ from typing import Annotated, ClassVar, Literal, Union
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams, State, World
+from sim.contracts import PluginParams, State, Streams, World
 
 from .pairwise import METRICS
 
@@ -39,7 +39,7 @@ class HegselmannKrause:
         self.uses = ("confidence", "rate") if params.rate == "agent" else ("confidence",)
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
-              generator: torch.Generator) -> torch.Tensor:
+              rng: Streams) -> torch.Tensor:
         shows = torch.where(world.honest[None, :, None], values, expressed)
         eps = world.params.confidence.to(torch.float32)
         metric = METRICS[self.params.distance]

@@ -19,12 +19,11 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams, PolicyOutput
+from sim.contracts import Group, PluginParams, PolicyOutput, State, Streams, World
 from sim.llm import ChatRequest, Sampling, complete
 from sim.llm.questionnaire import load_questionnaire
 from sim.config.scenario import instantiate
 from sim.config.schema import PluginRef
-from sim.contracts import Group, State, World
 
 from ..policies import _group_view, _neighbour_view
 
@@ -122,18 +121,19 @@ class LLMPolicy:
 
     # ---------------------------------------------------------------- speaking
 
-    def express(self, state: State, world: World, group: Group, generator: torch.Generator):
+    def express(self, state: State, world: World, group: Group, rng: Streams):
         persona = self.params.persona
         own = state.values[:, group.rows]
         shown = own.clone() if state.expressed is None else state.expressed[:, group.rows].clone()
         step = state.step + 1
-        speaking = self._speakers(world, group, step, generator)
+        speaking = self._speakers(world, group, step, rng)
         where = speaking.nonzero().tolist()
         if not where:
             return PolicyOutput(shown, [])
         centre, bound = self._audience(state, world, group)
-        # draws are made where the generator lives (the run's device) and read back on the CPU
-        seeds = torch.randint(2**31 - 1, (len(where),), generator=generator, device=generator.device).tolist()
+        # one seed per agent and world whether or not it speaks (a fixed-shape draw), read back on the CPU
+        every_seed = rng.integers(f"llm/{group.name}/seed", 2**31 - 1, (world.b, group.size)).cpu()
+        seeds = [int(every_seed[b, a]) for b, a in where]
         requests = [self._message_request(world, group, b, a, step, centre[b, a if centre.shape[1] > 1 else 0],
                                           float(bound[b, a if bound.shape[1] > 1 else 0]), seed, own[b, a])
                     for (b, a), seed in zip(where, seeds)]
@@ -149,13 +149,13 @@ class LLMPolicy:
                                           note))
         return PolicyOutput(shown, events)
 
-    def _speakers(self, world: World, group: Group, step: int, generator: torch.Generator) -> torch.Tensor:
+    def _speakers(self, world: World, group: Group, step: int, rng: Streams) -> torch.Tensor:
         schedule = self.params.persona.schedule
         if step % schedule.every:
             return torch.zeros((world.b, group.size), dtype=torch.bool)
         if schedule.probability >= 1.0:
             return torch.ones((world.b, group.size), dtype=torch.bool)
-        draw = torch.rand((world.b, group.size), generator=generator, device=generator.device)
+        draw = rng.uniform(f"llm/{group.name}/speak", (world.b, group.size))
         return (draw < schedule.probability).cpu()
 
     def _audience(self, state: State, world: World, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +187,7 @@ class LLMPolicy:
 
     # ---------------------------------------------------------------- measuring
 
-    def measure(self, state: State, world: World, group: Group, generator: torch.Generator):
+    def measure(self, state: State, world: World, group: Group, rng: Streams):
         spec = self.params.persona.questionnaire
         due = (state.step == 0 and spec.at_start) or (state.step > 0 and spec.every and state.step % spec.every == 0)
         if not due or self._questionnaire is None:
@@ -197,9 +197,10 @@ class LLMPolicy:
         system = _system_prompt(persona, profile, (persona.goal or {}).get(world.space.name))
         measured = state.values[:, group.rows].clone()
         events, batches = [], []
+        every_seed = rng.integers(f"llm/{group.name}/questionnaire", 2**31 - 1, (world.b, group.size)).cpu()
         for b in range(world.b):
             for a in range(group.size):
-                seed = int(torch.randint(2**31 - 1, (1,), generator=generator, device=generator.device))
+                seed = int(every_seed[b, a])
                 batches.append((b, a, self._questionnaire.requests(
                     system, seed=seed, tag={"world": b, "agent": group.start + a, "step": state.step},
                     hints={"profile": {d: profile[d] for d in dims}})))

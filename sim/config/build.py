@@ -16,7 +16,7 @@ from .. import registry
 from ..core.contracts import NetworkRequest
 from ..core.engine import Simulation
 from ..core.network import build_network, edges_to_network
-from ..core.rng import Generators
+from ..core.rng import Streams, network_seed
 from ..core.state import State, World
 from ..errors import ScenarioError, ValuesimError
 from .population import agent_params, initial_values, layout
@@ -42,20 +42,20 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                             "(see the README for installing a CUDA build of torch)")
     spec = scenario.spec
     b = worlds or spec.worlds
-    gens = Generators.from_seed(spec.seed if seed is None else seed, device)
+    run_seed = spec.seed if seed is None else seed
+    rng = Streams.of(run_seed, b, device)
     groups = layout(scenario)
     n = groups[-1].stop
     if network is None:
-        net = _scenario_network(scenario, groups, gens.network_seed)
+        net = _scenario_network(scenario, groups, network_seed(run_seed))
     else:
         net = edges_to_network(n, network)
-    init = initial_values(scenario, b, gens.population)
-    params = agent_params(scenario, b, gens.population)
+    init = initial_values(scenario, rng.at(-1))
+    params = agent_params(scenario, rng.at(-1))
     policies = [(g.policy.name, instantiate("policies", g.policy)) for g in spec.population]
     honest = torch.cat([torch.full((grp.size,), getattr(p, "expresses_own_values", False), dtype=torch.bool)
                         for grp, (_, p) in zip(groups, policies)])
     group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
-    run_seed = spec.seed if seed is None else seed
     world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
                   initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device),
                   context={"seed": run_seed, **(context or {})})
@@ -63,7 +63,7 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     _prepare_policies(scenario, world, policies)
     dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
     _check_parameters_used(scenario, [d for _, d in dynamics])
-    simulation = Simulation(scenario=scenario, world=world, state=state, generators=gens, dynamics=dynamics,
+    simulation = Simulation(scenario=scenario, world=world, state=state, rng=rng, dynamics=dynamics,
                             policies=policies, stop_tolerance=spec.stop.tolerance,
                             metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
                             metric_carry=[None] * len(spec.metrics))

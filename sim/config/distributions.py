@@ -1,4 +1,4 @@
-"""Distributions for initial values and per-agent parameters, sampled with a passed generator.
+"""Distributions for initial values and per-agent parameters, drawn from the run's random streams.
 
 A scenario gives a per-agent parameter as a number (constant) or as a mapping
 with a ``dist`` key::
@@ -18,6 +18,9 @@ from typing import Annotated, Literal, Union
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.special import betaincinv
+
+from ..core.rng import Streams
 
 Number = Union[float, list[float], dict[str, float]]
 
@@ -25,7 +28,7 @@ Number = Union[float, list[float], dict[str, float]]
 class _Dist(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def sample(self, shape: tuple[int, ...], generator: torch.Generator, k: "DimResolver") -> torch.Tensor:
+    def sample(self, shape: tuple[int, ...], rng: Streams, purpose: str, k: "DimResolver") -> torch.Tensor:
         raise NotImplementedError
 
     def support(self) -> tuple[float, float]:
@@ -70,7 +73,7 @@ class Constant(_Dist):
     dist: Literal["constant"] = "constant"
     value: Number
 
-    def sample(self, shape, generator, k):
+    def sample(self, shape, rng, purpose, k):
         return k(self.value).expand(shape).clone()
 
     def support(self):
@@ -91,8 +94,8 @@ class Uniform(_Dist):
             raise ValueError(f"low must not exceed high, got low={self.low}, high={self.high}")
         return self
 
-    def sample(self, shape, generator, k):
-        u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    def sample(self, shape, rng, purpose, k):
+        u = rng.uniform(purpose, shape, torch.float64)
         return k(self.low) + u * (k(self.high) - k(self.low))
 
     def support(self):
@@ -106,8 +109,8 @@ class Normal(_Dist):
     mean: Number
     std: Annotated[float, Field(ge=0)]
 
-    def sample(self, shape, generator, k):
-        return k(self.mean) + self.std * torch.randn(shape, generator=generator, dtype=torch.float64)
+    def sample(self, shape, rng, purpose, k):
+        return k(self.mean) + self.std * rng.normal(purpose, shape, torch.float64)
 
     def support(self):
         return float("-inf"), float("inf")
@@ -122,11 +125,11 @@ class Beta(_Dist):
     low: float = 0.0
     high: float = 1.0
 
-    def sample(self, shape, generator, k):
-        # numpy's beta sampler, seeded from the passed generator: it is the only randomness used
-        seed = int(torch.randint(2**62, (1,), generator=generator))
-        draws = np.random.default_rng(seed).beta(self.a, self.b, size=shape)
-        return self.low + (self.high - self.low) * torch.from_numpy(draws)
+    def sample(self, shape, rng, purpose, k):
+        # inverse CDF of a counter-based uniform: world b's draws do not depend on the other worlds
+        u = rng.uniform(purpose, shape, torch.float64).cpu().numpy()
+        draws = torch.from_numpy(betaincinv(self.a, self.b, u))
+        return self.low + (self.high - self.low) * draws
 
     def support(self):
         return self.low, self.high

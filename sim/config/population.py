@@ -1,7 +1,8 @@
 """Populations: groups of agents laid out as contiguous rows, with initial values and parameters.
 
-Initial values and per-agent parameters are drawn per world (B replicates
-differ) from the population stream. A parameter that is constant everywhere
+Initial values and per-agent parameters are drawn per world from the
+worlds' random streams at step -1 (purpose ``population/<group>/<what>``), so
+world b's population is that of the single-world run of its stream. A parameter that is constant everywhere
 stays ``[1, N]`` and broadcasts over worlds.
 """
 
@@ -17,6 +18,7 @@ from ..errors import ScenarioError
 from .persona import read_agent
 from .scenario import Scenario
 from .schema import FileInit, GroupSpec, ProfileInit
+from ..core.rng import Streams
 from ..core.state import AgentParams, Group
 
 # Allowed ranges of per-agent parameters; normal draws are clipped into them.
@@ -32,59 +34,61 @@ def layout(scenario: Scenario) -> tuple[Group, ...]:
     return tuple(groups)
 
 
-def initial_values(scenario: Scenario, worlds: int, generator: torch.Generator) -> torch.Tensor:
+def initial_values(scenario: Scenario, rng: Streams) -> torch.Tensor:
     """``[B, N, K]`` float32 initial values in [0, 1]."""
     dims = tuple(scenario.spec.values.dimensions)
     parts = []
     for i, spec in enumerate(scenario.spec.population):
         where = f"population[{i}].init"
-        parts.append(_group_values(scenario, spec, worlds, dims, generator, where))
+        parts.append(_group_values(scenario, spec, dims, rng, where))
     return torch.cat(parts, dim=1).clamp_(0.0, 1.0).to(torch.float32)
 
 
-def _group_values(scenario, spec: GroupSpec, worlds, dims, generator, where) -> torch.Tensor:
-    shape = (worlds, spec.count, len(dims))
+def _group_values(scenario, spec: GroupSpec, dims, rng: Streams, where) -> torch.Tensor:
+    shape = (rng.b, spec.count, len(dims))
+    purpose = f"population/{spec.name}/init"
     init = spec.init
     if isinstance(init, FileInit):
         table = read_values_file(scenario, init.file, spec.count, dims, f"{where}.file")
         return torch.from_numpy(table).to(torch.float64).expand(shape).clone()
     if isinstance(init, ProfileInit):
         profile = read_profile(scenario, init.profile, dims, f"{where}.profile")
-        noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+        noise = rng.normal(purpose, shape, torch.float64).cpu()
         return profile + init.spread * noise
     try:
-        return init.sample(shape, generator, DimResolver(dims))
+        return init.sample(shape, rng, purpose, DimResolver(dims)).cpu()
     except ValueError as exc:
         raise scenario.error(where, str(exc)) from None
 
 
-def agent_params(scenario: Scenario, worlds: int, generator: torch.Generator) -> AgentParams:
+def agent_params(scenario: Scenario, rng: Streams) -> AgentParams:
     """Per-agent parameters, each ``[B or 1, N]``."""
     specs = scenario.spec.population
     out = {}
     for name, (low, high) in PARAM_RANGES.items():
         dists = [getattr(s, name) for s in specs]
         varies = any(not isinstance(d, Constant) for d in dists)
-        rows = worlds if varies else 1
-        parts = [d.sample((rows, s.count), generator, DimResolver(None)) for d, s in zip(dists, specs)]
+        draw = rng if varies else rng.select(slice(0, 1))  # a constant parameter stays [1, N]
+        parts = [d.sample((draw.b, s.count), draw, f"population/{s.name}/{name}", DimResolver(None)).cpu()
+                 for d, s in zip(dists, specs)]
         # normal draws are clipped into range by design; the clamp also keeps a beta draw that
         # rounded onto an open end (a rate of exactly 0) inside it
         value = torch.cat(parts, dim=1).clamp(low, high)
         out[name] = value.to(torch.float32)
-    out["zealot"] = _zealots(specs, worlds, generator)
+    out["zealot"] = _zealots(specs, rng)
     return AgentParams(**out)
 
 
-def _zealots(specs: list[GroupSpec], worlds: int, generator: torch.Generator) -> torch.Tensor:
+def _zealots(specs: list[GroupSpec], rng: Streams) -> torch.Tensor:
     """Exactly round(share x count) zealots per group, a fresh random choice in each world."""
     if not any(s.zealots > 0 for s in specs):
         return torch.zeros((1, sum(s.count for s in specs)), dtype=torch.bool)
     parts = []
     for s in specs:
-        chosen = torch.zeros((worlds, s.count), dtype=torch.bool)
+        chosen = torch.zeros((rng.b, s.count), dtype=torch.bool)
         howmany = round(s.zealots * s.count)
         if howmany:
-            order = torch.rand((worlds, s.count), generator=generator).argsort(dim=1)
+            order = rng.uniform(f"population/{s.name}/zealots", (rng.b, s.count)).cpu().argsort(dim=1)
             chosen.scatter_(1, order[:, :howmany], True)
         parts.append(chosen)
     return torch.cat(parts, dim=1)

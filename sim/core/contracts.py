@@ -6,12 +6,18 @@ Every plugin is a class with
   errors; ranges live in the field types). The scenario's parameters for the
   plugin are validated against it, with errors pointing at the file and line.
 - ``__init__(self, params)``: keeps the validated parameters, nothing else.
-  Plugins hold configuration, never run state: state and random generators are
+  Plugins hold configuration, never run state: state and the random streams are
   passed in and the new state is returned.
 - one method that does the work, listed per kind below. It is vectorised over
   worlds and agents: a Python loop over agents is a defect.
 
 Shapes: B worlds, N agents, K value dimensions, G groups (see ``sim.core.state``).
+
+Randomness: the working method receives ``rng``, a :class:`~sim.core.rng.Streams`
+for the worlds at the current step. Draw fixed-shape tensors ``[B, ...]`` for a
+named purpose (``rng.uniform("mypolicy/jitter", (B, n, K))``), one purpose per
+distinct draw, never a number of values that depends on the state: world b's
+numbers then depend only on its stream, so twin worlds share them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
+from .rng import Streams
 from .state import Group, State, World
 
 
@@ -74,7 +81,7 @@ class Dynamics(Protocol):
 
     def apply(
         self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
-        generator: torch.Generator,
+        rng: Streams,
     ) -> torch.Tensor: ...
 
 
@@ -98,16 +105,17 @@ class Reading:
 class Metric(Protocol):
     """An observer of the state.
 
-    ``observe(state, world, carry, generator)`` returns ``(readings, carry)``.
+    ``observe(state, world, carry, rng)`` returns ``(readings, carry)``.
     ``carry`` is the metric's memory between observations (``None`` at the
     first call; a dict of tensors or numbers, saved in checkpoints). The
-    generator is the metrics' own, so observing never changes the dynamics.
+    random streams are those of the observed step; a metric draws under its
+    own purpose names, so observing never changes the dynamics.
     """
 
     Params: ClassVar[type[BaseModel]]
 
     def observe(
-        self, state: State, world: World, carry: Any, generator: torch.Generator,
+        self, state: State, world: World, carry: Any, rng: Streams,
     ) -> tuple[list[Reading], Any]: ...
 
 
@@ -155,7 +163,7 @@ class PolicyOutput:
 class Policy(Protocol):
     """What a group's agents express at a step.
 
-    ``express(state, world, group, generator)`` returns ``[B, group.size, K]``
+    ``express(state, world, group, rng)`` returns ``[B, group.size, K]``
     in [0, 1]: the value vector each agent of the group shows its partners.
     It is called once per step, before the dynamics. A policy whose agents
     show their own current values sets ``expresses_own_values = True``; the
@@ -171,7 +179,7 @@ class Policy(Protocol):
     does not exist, a goal vector of the wrong length); the message is shown
     as a scenario error at the group's ``policy``.
 
-    Optional: ``measure(state, world, group, generator)`` returns ``None`` or a
+    Optional: ``measure(state, world, group, rng)`` returns ``None`` or a
     :class:`PolicyOutput` whose ``expressed`` holds the group's own values as
     measured now (an LLM persona's questionnaire); the engine calls it when the
     world is built and after every step, and writes what it returns into the
@@ -181,5 +189,5 @@ class Policy(Protocol):
     Params: ClassVar[type[BaseModel]]
 
     def express(
-        self, state: State, world: World, group: Group, generator: torch.Generator,
+        self, state: State, world: World, group: Group, rng: Streams,
     ) -> torch.Tensor: ...

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import RunStop, ScenarioError
 from .contracts import PolicyOutput, Reading
-from .rng import Generators
+from .rng import Streams
 from .state import State, World
 
 
@@ -45,12 +45,12 @@ class StepError(Exception):
 
 @dataclass
 class Simulation:
-    """A built scenario: the world, its state, the plugins and the generators."""
+    """A built scenario: the world, its state, the plugins and the worlds' random streams."""
 
     scenario: Any  # what it was built from (a sim.config Scenario); the engine reads only ``stop_tolerance``
     world: World
     state: State
-    generators: Generators
+    rng: Streams  # the worlds' streams (their steps are set at each call)
     dynamics: list[tuple[str, Any]]
     policies: list[tuple[str, Any]]  # one per group, in group order
     metrics: list[tuple[str, Any]]
@@ -65,11 +65,12 @@ class Simulation:
         """Advance every world by one step (see the module docstring)."""
         state, world = self.state, self.world
         before = state.values
-        expressed = self._express()
+        rng = self.rng.at(state.step + 1)
+        expressed = self._express(rng)
         values = before
         for name, dynamics in self.dynamics:
             try:
-                values = dynamics.apply(values, expressed, state, world, self.generators.dynamics)
+                values = dynamics.apply(values, expressed, state, world, rng)
             except RunStop:
                 raise
             except Exception as exc:
@@ -87,21 +88,21 @@ class Simulation:
         for _ in range(steps):
             self.step()
 
-    def _express(self) -> torch.Tensor:
+    def _express(self, rng: Streams) -> torch.Tensor:
         if bool(self.world.honest.all()):
             return self.state.values
         parts = []
         for group, (name, policy) in zip(self.world.groups, self.policies):
-            parts.append(self._call_policy("express", name, policy, group))
+            parts.append(self._call_policy("express", name, policy, group, rng))
         expressed = torch.cat(parts, dim=1)
         self.state.expressed = expressed
         return expressed
 
-    def _call_policy(self, method: str, name: str, policy: Any, group) -> torch.Tensor | None:
+    def _call_policy(self, method: str, name: str, policy: Any, group, rng: Streams) -> torch.Tensor | None:
         """Call a policy method, keep its events, and name the policy and step if it raises."""
         step = self.state.step + (1 if method == "express" else 0)
         try:
-            out = getattr(policy, method)(self.state, self.world, group, self.generators.policies)
+            out = getattr(policy, method)(self.state, self.world, group, rng)
         except RunStop:
             raise
         except Exception as exc:
@@ -118,10 +119,11 @@ class Simulation:
 
     def _measure(self, at_build: bool) -> None:
         """Write what policies measure of their own agents (questionnaires) into the values."""
+        rng = self.rng.at(self.state.step)
         for group, (name, policy) in zip(self.world.groups, self.policies):
             if not hasattr(policy, "measure"):
                 continue
-            measured = self._call_policy("measure", name, policy, group)
+            measured = self._call_policy("measure", name, policy, group, rng)
             if measured is None:
                 continue
             values = self.state.values.clone()
@@ -155,10 +157,11 @@ class Simulation:
     def observe(self) -> list[Reading]:
         """Run every metric on the current state (updating their carries)."""
         readings: list[Reading] = []
+        rng = self.rng.at(self.state.step)
         for index, (name, metric) in enumerate(self.metrics):
             try:
                 out, self.metric_carry[index] = metric.observe(
-                    self.state, self.world, self.metric_carry[index], self.generators.metrics)
+                    self.state, self.world, self.metric_carry[index], rng)
             except Exception as exc:
                 raise StepError(f"step {self.state.step}: metric {name!r} raised {type(exc).__name__}: {exc}") \
                     from exc
@@ -175,7 +178,7 @@ class Simulation:
             "active": self.state.active.cpu(),
             "converged_at": self.state.converged_at.clone(),
             "expressed": None if self.state.expressed is None else self.state.expressed.cpu(),
-            "generators": self.generators.state_dict(),
+            "streams": self.rng.state_dict(),
             "metric_carry": self.metric_carry,
             "fingerprint": self.fingerprint(),
         }
@@ -189,7 +192,7 @@ class Simulation:
         self.state = State(values=snap["values"].to(device), active=snap["active"].to(device), step=snap["step"],
                            converged_at=snap["converged_at"],
                            expressed=None if expressed is None else expressed.to(device))
-        self.generators.load_state_dict(snap["generators"])
+        self.rng = Streams.from_state_dict(self.rng.seed, snap["streams"], device)
         self.metric_carry = snap["metric_carry"]
 
     def fingerprint(self) -> list[float]:

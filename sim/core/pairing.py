@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import torch
 
+from .rng import Streams
 from .state import Network
 
 
-def sample_pairs(network: Network, worlds: int, count: int, generator: torch.Generator,
+def sample_pairs(network: Network, count: int, rng: Streams, purpose: str,
                  active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``count`` (focal, partner) pairs per world: ``[B, M]`` int64 each.
 
@@ -28,10 +29,9 @@ def sample_pairs(network: Network, worlds: int, count: int, generator: torch.Gen
     agent, or an inactive agent on either side) has partner ``-1``: the draw
     is spent, as in the sequential model, but nothing moves.
     """
-    device = network.col.device
-    focal = torch.randint(network.n, (worlds, count), generator=generator, device=device)
+    focal = rng.integers(f"{purpose}/focal", network.n, (rng.b, count))
     # float64 so that floor(u * degree) is exact for any realistic degree
-    u = torch.rand((worlds, count), generator=generator, device=device, dtype=torch.float64)
+    u = rng.uniform(f"{purpose}/partner", (rng.b, count), torch.float64)
     return focal, partners(network, focal, u, active)
 
 

@@ -27,15 +27,16 @@ from ..core.contracts import NetworkRequest, PolicyOutput, Reading
 from ..errors import PluginError
 from .kinds import KINDS, unknown_name_message
 from ..core.network import edges_to_network
+from ..core.rng import Streams
 from ..core.state import AgentParams, Group, State, World
 from ..core.valuespace import ValueSpace
 
 # kind -> (the method that does the work, its parameters after self)
 CONTRACTS = {
-    "dynamics": ("apply", ("values", "expressed", "state", "world", "generator")),
-    "metrics": ("observe", ("state", "world", "carry", "generator")),
+    "dynamics": ("apply", ("values", "expressed", "state", "world", "rng")),
+    "metrics": ("observe", ("state", "world", "carry", "rng")),
     "networks": ("build", ("request",)),
-    "policies": ("express", ("state", "world", "group", "generator")),
+    "policies": ("express", ("state", "world", "group", "rng")),
 }
 OPTIONAL_METHODS = {"policies": {"prepare": ("world", "group")}}
 PER_AGENT_PARAMETERS = ("confidence", "rate", "anchoring")
@@ -206,8 +207,9 @@ def tiny_world() -> tuple[World, State]:
     return world, state
 
 
-def _generator() -> torch.Generator:
-    return torch.Generator().manual_seed(SEED)
+def _streams() -> Streams:
+    """The tiny world's random streams (worlds 0 and 1) at step 1."""
+    return Streams.of(SEED, B).at(1)
 
 
 def _instantiate(kind: str, cls: type, params: dict | None, checker: str) -> Any:
@@ -252,7 +254,7 @@ def _global_seed(seed: int):
     """Put torch's, numpy's and Python's global generators in a state made from ``seed``, then put them back.
 
     The checker varies global random state on purpose, to catch a plugin that draws from it instead of
-    the generator it is given; the caller's state is restored on the way out.
+    the random streams it is given; the caller's state is restored on the way out.
     """
     saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
     torch.set_rng_state(torch.Generator().manual_seed(seed).get_state())
@@ -280,7 +282,8 @@ def _run(label: str, run: Callable[[], Any], inputs: dict, check: Callable[[Any]
     if len(first) != len(second) or not all(
             a.shape == b.shape and torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(first, second)):
         raise _Failure(f"{label} gave different results from the same seed; draw every random number from the "
-                       "generator (or seed) it is given, never from torch's, numpy's or Python's global state")
+                       "random streams (rng) or seed it is given, never from torch's, numpy's or Python's global "
+                       "state")
     return results[0]
 
 
@@ -308,14 +311,14 @@ def _unit_tensor(label: str, out: Any, shape: tuple[int, ...], contract: str, li
 
 def check_dynamics(cls: type, params: dict | None = None) -> None:
     """Static checks, then ``apply`` on :func:`tiny_world`: it returns a float32 tensor [B, N, K] on the values'
-    device, finite and in [0, 1], changes none of its inputs, and repeats from the same generator state.
+    device, finite and in [0, 1], changes none of its inputs, and repeats from the same random streams.
     """
     with _reporting("dynamics", *_identity(cls)):
         plugin = _instantiate("dynamics", cls, params, "check_dynamics")
         world, state = tiny_world()
         # The second group is not honest: it shows a policy's vector.
         expressed = torch.where(world.honest[None, :, None], state.values, 1 - state.values)
-        _run("apply()", lambda: plugin.apply(state.values, expressed, state, world, _generator()),
+        _run("apply()", lambda: plugin.apply(state.values, expressed, state, world, _streams()),
              _inputs(world, state, values=state.values, expressed=expressed),
              lambda out: [_unit_tensor("apply()", out, (B, N, K), "[B, N, K]", state.values)])
 
@@ -324,7 +327,7 @@ def check_policy(cls: type, params: dict | None = None) -> None:
     """Static checks, then ``prepare`` (if any) and ``express`` for each group of :func:`tiny_world`.
 
     express returns a float32 tensor [B, group.size, K] on the values' device, finite and in [0, 1], changes
-    none of its inputs, repeats from the same generator state, and is the group's own values if it says so.
+    none of its inputs, repeats from the same random streams, and is the group's own values if it says so.
     """
     with _reporting("policies", *_identity(cls)):
         plugin = _instantiate("policies", cls, params, "check_policy")
@@ -344,7 +347,7 @@ def check_policy(cls: type, params: dict | None = None) -> None:
                                    "current values state.values[:, group.rows]; set it to False")
                 return [out]
 
-            _run("express()", lambda group=group: plugin.express(state, world, group, _generator()),
+            _run("express()", lambda group=group: plugin.express(state, world, group, _streams()),
                  _inputs(world, state), check)
 
 
@@ -362,7 +365,7 @@ def check_metric(cls: type, params: dict | None = None) -> None:
             state.step = step
 
             def run(carry=carry):  # each call gets its own copy, so a carry updated in place still repeats
-                return plugin.observe(state, world, copy.deepcopy(carry), _generator())
+                return plugin.observe(state, world, copy.deepcopy(carry), _streams())
 
             _, carry = _run("observe()", run, _inputs(world, state), _reading_values)
 

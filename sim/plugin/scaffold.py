@@ -268,7 +268,7 @@ POLICY = KindTemplate(
 
 A policy (``sim.contracts.Policy``) is called once per step for its group and
 returns what each of the group's agents shows, in every world at once:
-``express(state, world, group, generator) -> [B, group.size, K]`` in [0, 1].
+``express(state, world, group, rng) -> [B, group.size, K]`` in [0, 1].
 The dynamics then move everyone's internal values given what was shown.
 Work on whole tensors: a Python loop over agents is far too slow.
 """
@@ -280,7 +280,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import Group, PluginParams, State, World
+from sim.contracts import Group, PluginParams, State, Streams, World
 
 
 class $class_name:
@@ -303,14 +303,15 @@ class $class_name:
     expresses_own_values: ClassVar[bool] = False
 
     def __init__(self, params: Params):
-        self.params = params  # configuration only: state and generators are passed in
+        self.params = params  # configuration only: state and random streams are passed in
 
-    def express(self, state: State, world: World, group: Group, generator: torch.Generator) -> torch.Tensor:
+    def express(self, state: State, world: World, group: Group, rng: Streams) -> torch.Tensor:
         """``[B, group.size, K]`` in [0, 1]: what each agent of ``group`` shows this step.
 
         ``state.values[:, group.rows]`` are the group's current values. Draw any
-        randomness from ``generator`` (on ``state.values.device``), never from
-        global state, so that runs repeat exactly.
+        randomness from ``rng`` under a purpose of your own, as a fixed-shape
+        tensor (``rng.uniform("$name/jitter", (world.b, group.size, world.k))``),
+        never from global state, so that runs repeat exactly and twin worlds agree.
         """
         own = state.values[:, group.rows]
         return own + self.params.strength * (0.5 - own)
@@ -335,7 +336,7 @@ DYNAMICS = KindTemplate(
 """The ``$name`` dynamics: how internal values change given what agents expressed.
 
 A dynamics (``sim.contracts.Dynamics``) is a pure function over the batched
-tensors: ``apply(values, expressed, state, world, generator)`` returns the new
+tensors: ``apply(values, expressed, state, world, rng)`` returns the new
 values ``[B, N, K]`` in [0, 1] as a new tensor, without modifying its inputs.
 The scenario lists dynamics in the order they apply within a step. Work on
 whole tensors: a Python loop over agents is far too slow.
@@ -348,7 +349,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams, State, World
+from sim.contracts import PluginParams, State, Streams, World
 
 
 class $class_name:
@@ -370,11 +371,11 @@ class $class_name:
     uses: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: Params):
-        self.params = params  # configuration only: state and generators are passed in
+        self.params = params  # configuration only: state and random streams are passed in
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
-              generator: torch.Generator) -> torch.Tensor:
-        """The new values ``[B, N, K]``; draw any randomness from ``generator``, never global state."""
+              rng: Streams) -> torch.Tensor:
+        """The new values ``[B, N, K]``; draw any randomness from ``rng`` (a purpose of your own), never global state."""
         # Honest agents show their live values (an earlier dynamics of this step may have moved them).
         shown = torch.where(world.honest[None, :, None], values, expressed)
         active = state.active[..., None]  # [B, N, 1]
@@ -402,7 +403,7 @@ METRIC = KindTemplate(
 """The ``$name`` metric: an observer of the state, logged at ``log_every``.
 
 A metric (``sim.contracts.Metric``) reads the state and returns readings:
-``observe(state, world, carry, generator) -> (list[Reading], carry)``. A
+``observe(state, world, carry, rng) -> (list[Reading], carry)``. A
 ``Reading`` is shaped ``[B, S, D]``: worlds, scopes (the groups in scenario
 order, then ``"all"``), and value dimensions (or one unnamed column). ``carry``
 is the metric's memory between observations (``None`` at first). Work on whole
@@ -417,7 +418,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field
 
-from sim.contracts import PluginParams, Reading, State, World
+from sim.contracts import PluginParams, Reading, State, Streams, World
 
 
 class $class_name:
@@ -436,10 +437,10 @@ class $class_name:
         """The point, on every value dimension, that distances are measured from."""
 
     def __init__(self, params: Params):
-        self.params = params  # configuration only: state and generators are passed in
+        self.params = params  # configuration only: state and random streams are passed in
 
-    def observe(self, state: State, world: World, carry: Any, generator: torch.Generator):
-        """``([Reading], carry)``; sample with ``generator`` only, so observing never changes a run."""
+    def observe(self, state: State, world: World, carry: Any, rng: Streams):
+        """``([Reading], carry)``; sample with ``rng`` only, so observing never changes a run."""
         distance = torch.linalg.vector_norm(state.values.double() - self.params.centre, dim=2) / math.sqrt(world.k)
         weight = state.active.double()  # [B, N]
         groups = world.group_index.to(distance.device)

@@ -1,7 +1,7 @@
 """The ``bridge_builder`` policy: agents who show a compromise with the people around them.
 
 A policy (``sim.contracts.Policy``) says what its group's agents express at a
-step, for every world at once: ``express(state, world, group, generator)``
+step, for every world at once: ``express(state, world, group, rng)``
 returns ``[B, group.size, K]`` in [0, 1]. The dynamics then move everyone's
 internal values given what was expressed; a bridge builder's own values keep
 moving under the influence it receives, like anyone else's.
@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar
 import torch
 from pydantic import Field
 
-from sim.contracts import Group, PluginParams, State, World
+from sim.contracts import Group, PluginParams, State, Streams, World
 
 
 class BridgeBuilder:
@@ -39,7 +39,7 @@ class BridgeBuilder:
     def __init__(self, params: Params):
         self.params = params
 
-    def express(self, state: State, world: World, group: Group, generator: torch.Generator) -> torch.Tensor:
+    def express(self, state: State, world: World, group: Group, rng: Streams) -> torch.Tensor:
         """``[B, group.size, K]``: each agent's values moved ``weight`` of the way to its neighbours' mean."""
         values = state.values
         mean, has_neighbours = neighbour_means(values, state.active, world, group)
