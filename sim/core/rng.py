@@ -29,7 +29,6 @@ the state, and use a different purpose for each distinct draw in a step.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -174,49 +173,3 @@ def network_seed(seed: int) -> int:
     """The 32-bit seed a run hands to networkx (one graph per run, shared by its worlds)."""
     return mix64(mix64(seed & MASK64) ^ purpose_code("network")) % (2**32)
 
-
-# ---------------------------------------------------------------- legacy: stateful generators (being retired)
-
-STREAMS = ("population", "network", "dynamics", "policies", "metrics", "log")
-
-
-def child_seeds(seed: int) -> dict[str, int]:
-    """Independent 63-bit seeds for each stream, derived from the run seed (numpy SeedSequence)."""
-    children = np.random.SeedSequence(seed).spawn(len(STREAMS))
-    return {name: int(c.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for name, c in zip(STREAMS, children)}
-
-
-@dataclass
-class Generators:
-    """The torch generators of one run. ``dynamics`` and ``policies`` live on the run's device."""
-
-    seeds: dict[str, int]
-    population: torch.Generator
-    dynamics: torch.Generator
-    policies: torch.Generator
-    metrics: torch.Generator
-    log: torch.Generator
-
-    @classmethod
-    def from_seed(cls, seed: int, device: torch.device | str = "cpu") -> "Generators":
-        seeds = child_seeds(seed)
-
-        def make(name: str, where) -> torch.Generator:
-            g = torch.Generator(device=where)
-            g.manual_seed(seeds[name])
-            return g
-
-        return cls(seeds=seeds, population=make("population", "cpu"), dynamics=make("dynamics", device),
-                   policies=make("policies", device), metrics=make("metrics", "cpu"), log=make("log", "cpu"))
-
-    @property
-    def network_seed(self) -> int:
-        return self.seeds["network"] % (2**32)  # networkx hands seeds to numpy/random, which take 32 bits happily
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name).get_state() for name in ("population", "dynamics", "policies",
-                                                                    "metrics", "log")}
-
-    def load_state_dict(self, states: dict[str, torch.Tensor]) -> None:
-        for name, state in states.items():
-            getattr(self, name).set_state(state)
