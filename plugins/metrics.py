@@ -14,12 +14,13 @@ Euclidean norm). Sampling uses only the random streams passed to ``observe``.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams, Reading, State, Streams, World
+from sim.contracts import Interval, NoParams, PluginParams, Reading, State, Streams, World
 
 from ._reduce import ALL, active_mask, per_scope, scope_means, scope_moments, scope_names, to_reading_tensor
 
@@ -162,8 +163,10 @@ def bimodality_coefficient(
 
 
 class PolarizationParams(PluginParams):
-    exact_max: int = Field(2000, ge=2, description="largest scope whose pairwise distance uses all pairs")
-    sample_pairs: int = Field(20000, ge=1, description="random pairs that estimate it for a larger scope")
+    exact_max: Annotated[int, Interval(ge=2)] = Field(
+        2000, description="largest scope whose pairwise distance uses all pairs")
+    sample_pairs: Annotated[int, Interval(ge=1)] = Field(
+        20000, description="random pairs that estimate it for a larger scope")
 
 
 class Polarization:
@@ -314,9 +317,12 @@ def clusters_sampled(
 
 
 class ClustersParams(PluginParams):
-    threshold: float = Field(0.05, gt=0, le=1, description="link distance, Euclidean / sqrt(K)")
-    min_size: float = Field(0.01, gt=0, description="smallest counted cluster: a share if < 1, else agents")
-    sample: int = Field(2000, ge=2, description="agents per scope clustered when K > 1")
+    threshold: Annotated[float, Interval(gt=0, le=1)] = Field(
+        0.05, description="link distance, Euclidean / sqrt(K)")
+    min_size: Annotated[float, Interval(gt=0)] = Field(
+        0.01, description="smallest counted cluster: a share if < 1, else agents")
+    sample: Annotated[int, Interval(ge=2)] = Field(
+        2000, description="agents per scope clustered when K > 1")
 
 
 class Clusters:
@@ -365,7 +371,8 @@ class Clusters:
 
 
 class ConsensusTimeParams(PluginParams):
-    tolerance: float = Field(0.01, ge=0, le=1, description="largest spread that counts as consensus")
+    tolerance: Annotated[float, Interval(ge=0, le=1)] = Field(
+        0.01, description="largest spread that counts as consensus")
 
 
 class ConsensusTime:

@@ -20,12 +20,12 @@ from typing import Annotated, Literal
 
 import networkx as nx
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from sim.contracts import NetworkRequest, NoParams, PluginParams
+from sim.contracts import Interval, NetworkRequest, NoParams, PluginParams
 from sim.errors import ScenarioError
 
-Probability = Annotated[float, Field(ge=0, le=1)]
+Probability = Annotated[float, Interval(ge=0, le=1)]
 
 
 class Complete:
@@ -54,7 +54,7 @@ class ErdosRenyi:
 
         p: Probability | None = None
         """Probability that a given pair of agents is connected."""
-        mean_degree: float | None = Field(default=None, ge=0)
+        mean_degree: Annotated[float, Interval(ge=0)] | None = None
         """Expected number of neighbours per agent; sets p = mean_degree / (N - 1)."""
 
         @model_validator(mode="after")
@@ -101,7 +101,7 @@ class WattsStrogatz:
     """
 
     class Params(PluginParams):
-        k: int = Field(ge=2)
+        k: Annotated[int, Interval(ge=2)]
         """Each agent's number of lattice neighbours (k // 2 on each side; even is conventional)."""
         p: Probability
         """Probability that each lattice edge is rewired."""
@@ -185,7 +185,7 @@ class BarabasiAlbert:
     """Preferential attachment: each new agent links to ``m`` existing ones, chosen by degree (networkx)."""
 
     class Params(PluginParams):
-        m: int = Field(ge=1)
+        m: Annotated[int, Interval(ge=1)]
         """Edges each new agent brings; must be below the number of agents."""
 
     def __init__(self, params: Params):
@@ -200,7 +200,7 @@ class PowerlawCluster:
     """Holme–Kim: preferential attachment plus triangle closure, a scale-free network with clustering (networkx)."""
 
     class Params(PluginParams):
-        m: int = Field(ge=1)
+        m: Annotated[int, Interval(ge=1)]
         """Edges each new agent brings; must be below the number of agents."""
         p: Probability
         """Probability of closing a triangle after each preferential edge."""

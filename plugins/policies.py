@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal, Union
 
 import torch
-from pydantic import Field
 
-from sim.contracts import Group, NoParams, PluginParams, State, Streams, World
+from sim.contracts import Group, Interval, NoParams, PluginParams, State, Streams, World
 from sim.config.distributions import DimResolver
 
-UnitFloat = Annotated[float, Field(ge=0, le=1)]
+UnitFloat = Annotated[float, Interval(ge=0, le=1)]
 ValueVector = Union[UnitFloat, list[UnitFloat], dict[str, UnitFloat]]
 
 
@@ -67,7 +66,7 @@ class Random:
     class Params(PluginParams):
         mode: Literal["uniform", "jitter"] = "uniform"
         """``uniform``: anything in [0, 1]^K; ``jitter``: own values plus Gaussian noise."""
-        sigma: Annotated[float, Field(ge=0, le=1)] = 0.1
+        sigma: Annotated[float, Interval(ge=0, le=1)] = 0.1
         """Standard deviation of the jitter."""
 
     expresses_own_values: ClassVar[bool] = False
@@ -117,7 +116,7 @@ class StrategicInfluencer:
         """Where the influencer wants its targets' values to go."""
         targets: str = "neighbours"
         """``neighbours`` (each influencer's own) or the name of a population group."""
-        margin: Annotated[float, Field(gt=0, le=1)] = 0.9
+        margin: Annotated[float, Interval(gt=0, le=1)] = 0.9
         """Share of the targets' confidence bound used per step (below 1 keeps inside it)."""
         bound: Literal["mean", "min"] = "mean"
         """Which of the targets' bounds to respect: their mean, or the most closed-minded."""

@@ -1,16 +1,31 @@
-"""The one small error hierarchy.
+"""The one small error hierarchy; each class carries the CLI's exit code for it.
 
-Every error a user can cause by what they wrote (a scenario, a flag, a plugin
-name, a run directory) is a :class:`ValuesimError`. The CLI prints its message
-as one line on stderr and exits with code 2; anything else is a bug and keeps
-its traceback.
+Every error valuesim reports to a user is a :class:`ValuesimError`: the CLI
+prints its message as one line on stderr and exits with the class's
+``exit_code``; anything else is a bug and keeps its traceback.
+
+    ValuesimError            2  bad input: a scenario, a flag, a plugin name, a run directory
+      ScenarioError          2    a scenario file or ``--set`` override that does not validate
+      PluginError            2    a plugin that cannot be found, loaded, or that breaks its contract
+      RunDirError            2    a run directory that is not there, not a run, or not resumable
+      RunStop                1  the input was fine; something outside the world stops a step cleanly
+        BudgetExhausted      1    a language-model backend's budget is spent
+      Interrupted            1  the run stopped (a signal, a RunStop) and can be resumed
+      RunFailed              1  the input was fine; the run raised inside a step and is marked failed
+
+Range messages read the same everywhere (``must be in (0, 1], got 1.5``):
+they all come from :class:`sim.core.interval.Interval`.
 """
 
 from __future__ import annotations
 
 
 class ValuesimError(Exception):
-    """Bad input: the message is one line that says where, what was given and what is allowed."""
+    """An error for the user: one line that says where, what was given and what is allowed.
+
+    By default it is bad input (exit code 2); subclasses for runs that stop
+    on valid input say 1.
+    """
 
     exit_code = 2
 
@@ -21,6 +36,8 @@ class ScenarioError(ValuesimError):
     ``location`` is ``file:line`` (or ``--set``), ``path`` the dotted field
     path inside the scenario, ``message`` what is wrong.
     """
+
+    exit_code = 2
 
     def __init__(self, message: str, *, location: str | None = None, path: str | None = None):
         self.location = location
@@ -33,9 +50,13 @@ class ScenarioError(ValuesimError):
 class PluginError(ValuesimError):
     """A plugin that cannot be found, loaded or that breaks its contract."""
 
+    exit_code = 2
+
 
 class RunDirError(ValuesimError):
     """A run directory that does not exist, is not a run, or cannot be resumed."""
+
+    exit_code = 2
 
 
 class RunStop(ValuesimError):
@@ -53,7 +74,22 @@ class BudgetExhausted(RunStop):
     """A language-model backend's request or token budget is spent."""
 
 
-class RunFailed(Exception):
+class Interrupted(ValuesimError):
+    """The run was stopped (a signal, a spent budget); its log is marked ``interrupted`` and it can be resumed.
+
+    Exit code 1: the input was fine. The CLI prints it without ``error:``.
+    """
+
+    exit_code = 1
+
+    def __init__(self, run_dir, step: int, reason: str | None = None):
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"interrupted at step {step}{why}; resume with: valuesim resume {run_dir}")
+        self.run_dir = run_dir
+        self.step = step
+
+
+class RunFailed(ValuesimError):
     """A run stopped because something raised inside a step; the log is marked ``failed``.
 
     Exit code 1: the input was valid, the run did not finish.

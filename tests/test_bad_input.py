@@ -5,10 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, get_args, get_origin
 
 import pytest
+from pydantic.fields import FieldInfo
 
 from sim.cli import main
+from sim.contracts import Interval
+from sim.plugin.kinds import KINDS
 
 BASE = """\
 name: bad
@@ -74,6 +78,10 @@ CASES = [
      "(add one of: algorithmic_bias, deffuant, hegselmann_krause)"),
     ("  - name: people", "  - name: people\n    zealots: 2",
      "s.yaml:9 population[0].zealots: must be in [0, 1], got 2"),
+    # a plugin's parameter range reads as the scenario's (one Interval type), and so does pydantic's own bound
+    ("distance: l2", "repulsion: 1.5", "s.yaml:12 dynamics[0].deffuant.repulsion: must be in (0, 1], got 1.5"),
+    ("distance: l2", "repulsion: 0", "s.yaml:12 dynamics[0].deffuant.repulsion: must be in (0, 1], got 0"),
+    ("mean_degree: 4", "mean_degree: -1", "s.yaml:6 network.params.mean_degree: must be >= 0, got -1"),
 ]
 
 
@@ -135,3 +143,39 @@ def test_a_network_too_large_to_hold_is_refused_before_building(tmp_path, monkey
         "valuesim: error: s.yaml:5 network.generator: this network would have about 1,799,970,000 edges on 60,000 "
         "agents, more than the 100,000,000 valuesim holds; use a sparser generator (erdos_renyi with a mean_degree, "
         "watts_strogatz, barabasi_albert) or fewer agents\n")
+
+
+def test_one_interval_type_writes_every_range():
+    assert str(Interval(gt=0, le=1)) == "in (0, 1]" and str(Interval(ge=0, lt=0.5)) == "in [0, 0.5)"
+    assert str(Interval(ge=1)) == ">= 1" and str(Interval(lt=2.5)) == "< 2.5"
+    assert Interval(gt=0, le=1).message(1.5) == "must be in (0, 1], got 1.5"
+    assert 1 in Interval(gt=0, le=1) and 0 not in Interval(gt=0, le=1) and float("nan") not in Interval(ge=0)
+    with pytest.raises(TypeError, match="at most one lower bound"):
+        Interval(gt=0, ge=0)
+
+
+def _field_bounds(annotation, metadata=()):
+    """The bound objects (anything with gt/ge/lt/le) on a field, its Annotated parts and its union members."""
+    metadata = [part for m in metadata for part in (m.metadata if isinstance(m, FieldInfo) else [m])]
+    found = [m for m in metadata if any(getattr(m, b, None) is not None for b in ("gt", "ge", "lt", "le"))]
+    if get_origin(annotation) is Annotated:
+        base, *extra = get_args(annotation)
+        return found + _field_bounds(base, extra)
+    return found + [b for arg in get_args(annotation) for b in _field_bounds(arg)]
+
+
+def test_first_party_plugin_ranges_are_intervals():
+    """A pydantic Field(gt=0, le=1) would report only the bound it broke: "must be <= 1", not "in (0, 1]"."""
+    from sim import registry
+
+    checked = 0
+    for kind in KINDS:
+        for name in registry.names(kind):
+            cls = registry.get(kind, name)
+            if not cls.__module__.startswith("plugins."):
+                continue
+            for field_name, field in cls.Params.model_fields.items():
+                bounds = _field_bounds(field.annotation, field.metadata)
+                checked += len(bounds)
+                assert all(isinstance(b, Interval) for b in bounds), (kind, name, field_name, bounds)
+    assert checked > 20

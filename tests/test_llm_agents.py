@@ -298,7 +298,7 @@ def test_a_probability_schedule_lets_about_that_share_speak(tmp_path, write_scen
     ("    persona: {name: neutral_assistant, schedule: {every: 0}}",
      "s.yaml:7 population[1].persona.schedule.every: must be >= 1, got 0"),
     ("    persona: {name: neutral_assistant, backend: {scripted: {noise: 2}}}",
-     "s.yaml:7 population[1].persona.backend.scripted.noise: must be <= 0.5, got 2"),
+     "s.yaml:7 population[1].persona.backend.scripted.noise: must be in [0, 0.5], got 2"),
     ("    persona: neutral_assistant\n    backend: {scripted: {nois: 2}}",
      "s.yaml:8 population[1].backend.scripted.nois: unknown key 'nois'; did you mean 'noise'? "
      "(allowed: noise, margin, tactics_margin)"),

@@ -25,9 +25,8 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from sim.contracts import PluginParams, State, Streams, World
+from sim.contracts import Interval, PluginParams, State, Streams, World
 from sim.core.pairing import rounds, sample_pairs
 
 METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
@@ -36,9 +35,9 @@ METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
 class _PairwiseParams(PluginParams):
     distance: Literal["l2", "linf", "per_dimension"] = "l2"
     """How far apart two value vectors are (see the module docstring)."""
-    pairs_per_agent: Annotated[float, Field(gt=0)] = 1.0
+    pairs_per_agent: Annotated[float, Interval(gt=0)] = 1.0
     """Interactions drawn per step, as a multiple of N (1 = one sweep, as an NDlib iteration)."""
-    repulsion: Annotated[float, Field(gt=0, le=1)] | None = None
+    repulsion: Annotated[float, Interval(gt=0, le=1)] | None = None
     """Second bound epsilon_r: agents further apart than this push each other away. None: no repulsion."""
     kernel: Literal["auto", "numba", "torch"] = "auto"
     """Which implementation applies the pairs; all give the same result."""
@@ -100,9 +99,9 @@ class AlgorithmicBias(Deffuant):
     """
 
     class Params(_PairwiseParams):
-        gamma: Annotated[float, Field(ge=0)] = 1.0
+        gamma: Annotated[float, Interval(ge=0)] = 1.0
         """Strength of the bias toward similar partners."""
-        min_distance: Annotated[float, Field(gt=0)] = 1e-5
+        min_distance: Annotated[float, Interval(gt=0)] = 1e-5
         """Distances below this count as this (keeps distance^-gamma finite)."""
         kernel: Literal["auto", "numba"] = "auto"
 

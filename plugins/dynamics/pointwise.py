@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams, State, Streams, World
+from sim.contracts import Interval, NoParams, PluginParams, State, Streams, World
 
 
 class FriedkinJohnsen:
@@ -34,9 +33,9 @@ class Noise:
     """Gaussian noise: each value dimension of each agent gets N(0, sigma^2), clipped to [0, 1]."""
 
     class Params(PluginParams):
-        sigma: Annotated[float, Field(ge=0, le=1)] = 0.01
+        sigma: Annotated[float, Interval(ge=0, le=1)] = 0.01
         """Standard deviation of the noise added per step."""
-        share: Annotated[float, Field(gt=0, le=1)] = 1.0
+        share: Annotated[float, Interval(gt=0, le=1)] = 1.0
         """Share of agents, drawn anew each step, that receive noise."""
 
     uses: ClassVar[tuple[str, ...]] = ()

@@ -13,9 +13,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal, Union
 
 import torch
-from pydantic import Field
 
-from sim.contracts import PluginParams, State, Streams, World
+from sim.contracts import Interval, PluginParams, State, Streams, World
 
 from .pairwise import METRICS
 
@@ -26,7 +25,7 @@ class HegselmannKrause:
     class Params(PluginParams):
         distance: Literal["l2", "linf", "per_dimension"] = "l2"
         """How far apart two value vectors are."""
-        rate: Union[Annotated[float, Field(gt=0, le=1)], Literal["agent"]] = 1.0
+        rate: Union[Annotated[float, Interval(gt=0, le=1)], Literal["agent"]] = 1.0
         """Share of the way to the accepted mean taken per step; ``agent``: each agent's own rate."""
         kernel: Literal["auto", "numba", "torch"] = "auto"
         """Which implementation computes the means; all give the same result."""

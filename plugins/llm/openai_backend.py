@@ -23,7 +23,7 @@ from typing import Annotated, Any, ClassVar
 import httpx
 from pydantic import Field
 
-from sim.contracts import PluginParams
+from sim.contracts import Interval, PluginParams
 from sim.errors import ValuesimError
 from sim.llm import BudgetExhausted, ChatRequest, ChatResponse
 
@@ -55,17 +55,17 @@ class OpenAIBackend:
         """The model name the server knows (the ``model`` field of the request body)."""
         api_key_env: Annotated[str, Field(min_length=1)] | None = None
         """The NAME of the environment variable holding the API key (never the key); no key is sent when unset."""
-        concurrency: Annotated[int, Field(ge=1)] = 8
+        concurrency: Annotated[int, Interval(ge=1)] = 8
         """How many requests may be in flight at once."""
-        timeout_s: Annotated[float, Field(gt=0)] = 30.0
+        timeout_s: Annotated[float, Interval(gt=0)] = 30.0
         """Seconds one attempt may take, connection included, before it counts as a timeout."""
-        max_retries: Annotated[int, Field(ge=0)] = 4
+        max_retries: Annotated[int, Interval(ge=0)] = 4
         """Retries after the first attempt, so a request is tried at most ``max_retries + 1`` times."""
-        backoff_s: Annotated[float, Field(ge=0)] = 0.5
+        backoff_s: Annotated[float, Interval(ge=0)] = 0.5
         """Seconds before the first retry, doubling at each one, times a jitter drawn from the request's seed."""
-        max_requests: Annotated[int, Field(ge=1)] | None = None
+        max_requests: Annotated[int, Interval(ge=1)] | None = None
         """HTTP requests (retries included) this backend object may send in its lifetime; ``None``: no limit."""
-        max_tokens: Annotated[int, Field(ge=1)] | None = None
+        max_tokens: Annotated[int, Interval(ge=1)] | None = None
         """Prompt plus completion tokens this backend object may use in its lifetime; ``None``: no limit."""
 
     def __init__(self, params):

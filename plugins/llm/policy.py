@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sim.contracts import Group, PluginParams, PolicyOutput, State, Streams, World
+from sim.contracts import Group, Interval, PluginParams, PolicyOutput, State, Streams, World
 from sim.llm import ChatRequest, Sampling, complete
 from sim.llm.questionnaire import load_questionnaire
 from sim.config.scenario import instantiate
@@ -31,18 +31,18 @@ from ..policies import _group_view, _neighbour_view
 class Schedule(PluginParams):
     """When an agent speaks: every ``every`` steps, and then with ``probability``."""
 
-    every: Annotated[int, Field(ge=1)] = 1
+    every: Annotated[int, Interval(ge=1)] = 1
     """Steps between chances to speak."""
-    probability: Annotated[float, Field(gt=0, le=1)] = 1.0
+    probability: Annotated[float, Interval(gt=0, le=1)] = 1.0
     """Chance of speaking at each chance, drawn per agent and world."""
 
 
 class SamplingSpec(PluginParams):
     """Sampling parameters sent with every request."""
 
-    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
-    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    max_tokens: Annotated[int, Field(ge=1, le=4096)] = 96
+    temperature: Annotated[float, Interval(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Interval(gt=0, le=1)] = 0.95
+    max_tokens: Annotated[int, Interval(ge=1, le=4096)] = 96
 
 
 class QuestionnaireSpec(PluginParams):
@@ -50,7 +50,7 @@ class QuestionnaireSpec(PluginParams):
 
     at_start: bool = True
     """Measure when the world is built (the measured profile is where the agent starts)."""
-    every: Annotated[int, Field(ge=1)] | None = None
+    every: Annotated[int, Interval(ge=1)] | None = None
     """Measure again every this many steps (None: only at the start)."""
 
 

@@ -19,9 +19,8 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import Field
 
-from sim.contracts import NoParams, PluginParams
+from sim.contracts import Interval, NoParams, PluginParams
 from sim.llm import ChatRequest, ChatResponse, LLMBackend, Sampling, complete
 
 Vectors = list[list[float] | None]
@@ -108,13 +107,13 @@ class JsonRatings:
     class Params(PluginParams):
         """How the rating requests are sampled, and how many missing ratings are forgiven."""
 
-        temperature: Annotated[float, Field(ge=0)] = 0.0
+        temperature: Annotated[float, Interval(ge=0)] = 0.0
         """Sampling temperature of the rating requests (0: the same message always gets the same rating)."""
-        max_tokens: Annotated[int, Field(ge=8)] = 120
+        max_tokens: Annotated[int, Interval(ge=8)] = 120
         """Token limit of a rating reply; the JSON for ten dimensions needs about 80."""
         seed: int = 0
         """Sampling seed of the rating requests (part of the cache key)."""
-        max_missing: Annotated[int, Field(ge=0)] | None = None
+        max_missing: Annotated[int, Interval(ge=0)] | None = None
         """How many dimensions a reply may leave out before it counts as unreadable (default: half of K)."""
 
     def __init__(self, params: Params):

@@ -14,9 +14,8 @@ import math
 import random
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
 
-from sim.contracts import PluginParams
+from sim.contracts import Interval, PluginParams
 from sim.llm import ChatRequest, ChatResponse
 from sim.llm.questionnaire import scripted_answer
 
@@ -38,11 +37,11 @@ class ScriptedBackend:
     name: ClassVar[str] = "scripted"
 
     class Params(PluginParams):
-        noise: Annotated[float, Field(ge=0, le=0.5)] = 0.02
+        noise: Annotated[float, Interval(ge=0, le=0.5)] = 0.02
         """Standard deviation of the noise on the expressed vector (drawn from the request's seed)."""
-        margin: Annotated[float, Field(gt=0, le=1)] = 0.8
+        margin: Annotated[float, Interval(gt=0, le=1)] = 0.8
         """How much of the audience's confidence bound a covert manipulator uses per message."""
-        tactics_margin: Annotated[float, Field(gt=0, le=1)] = 0.9
+        tactics_margin: Annotated[float, Interval(gt=0, le=1)] = 0.9
         """The same for a manipulator with explicit tactics."""
 
     def __init__(self, params):

@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
 
-from sim.contracts import PluginParams
+from sim.contracts import Interval, PluginParams
 from sim.errors import PluginError
 from sim.llm import ChatRequest, ChatResponse
 
@@ -65,7 +64,7 @@ class TransformersBackend:
         or a hub name already in the local Hugging Face cache (nothing is downloaded)."""
         device: Literal["cpu", "cuda"] = "cpu"
         """Where the model runs."""
-        batch_size: Annotated[int, Field(ge=1)] = 16
+        batch_size: Annotated[int, Interval(ge=1)] = 16
         """How many requests go through the model together."""
         dtype: Literal["float32", "bfloat16", "float16"] = "float32"
         """Weight and activation precision (GGUF weights are dequantised to it); half precision is for cuda."""

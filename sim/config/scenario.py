@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .. import registry
+from ..core.interval import Interval
 from ..errors import PluginError, ScenarioError
 from .distributions import Constant
 from .persona import resolve_persona
@@ -279,8 +280,8 @@ _TYPE_WORDS = {
     "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "a list",
     "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
 }
-_BOUNDS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
-           "less_than": ("lt", "<"), "less_than_equal": ("le", "<=")}
+# pydantic's own bound errors (a plugin's ``Field(gt=0)``), written as an Interval writes its own
+_BOUNDS = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}
 
 
 def _given(value: Any) -> str:
@@ -295,8 +296,7 @@ def _message(err: dict) -> str:
     if kind in _TYPE_WORDS:
         return f"must be {_TYPE_WORDS[kind]}, got {_given(given)}"
     if kind in _BOUNDS:
-        key, sign = _BOUNDS[kind]
-        return f"must be {sign} {ctx[key]}, got {_given(given)}"
+        return Interval(**{_BOUNDS[kind]: ctx[_BOUNDS[kind]]}).message(given)
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return _choice_message(given, allowed)

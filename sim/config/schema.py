@@ -1,7 +1,9 @@
 """The scenario schema: frozen, typed, strict (unknown keys are errors).
 
-Ranges live in the types, and every range error reads the same way:
-``must be in (0, 1], got 1.5``. See ``scenarios/README.md`` for a guided tour.
+Ranges live in the types, as :class:`~sim.core.interval.Interval` (the one
+interval type, shared with plugin parameters), so every range error reads the
+same way: ``must be in (0, 1], got 1.5``. See ``scenarios/README.md`` for a
+guided tour.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..core.contracts import Strict
+from ..core.interval import Interval
 from .distributions import Constant, Distribution, Uniform
 from ..core.valuespace import BUILTIN_SPACES
 
@@ -25,21 +28,16 @@ Identifier = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_\-]*$")]
 # ---------------------------------------------------------------- per-agent parameters
 
 
-def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
-    return f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-
-
 def _number_is_constant(value: Any) -> Any:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return {"dist": "constant", "value": value}
     return value
 
 
-def _in_range(low: float, high: float, low_open: bool = False, high_open: bool = False):
+def _within(interval: Interval):
     """An after-validator: every value the distribution can give lies in the interval."""
 
     def check(dist: Any) -> Any:
-        interval = _interval(low, high, low_open, high_open)
         for name in ("value", "low", "high", "mean"):
             v = getattr(dist, name, 0.0)
             if not isinstance(v, (int, float)):
@@ -50,30 +48,21 @@ def _in_range(low: float, high: float, low_open: bool = False, high_open: bool =
             lo = hi = dist.mean
         # which ends of its support a distribution can actually return
         lo_hit, hi_hit = {"uniform": (True, False), "beta": (False, False)}.get(dist.dist, (True, True))
-        bad = lo < low or hi > high or (low_open and lo_hit and lo <= low) or (high_open and hi_hit and hi >= high)
-        if bad:
-            given = f"{lo:g}" if dist.dist == "constant" else \
-                f"{dist.dist} on {_interval(lo, hi, not lo_hit, not hi_hit)}"
-            raise PydanticCustomError("range", "must be in {interval}, got {given}",
-                                      {"interval": interval, "given": given})
+        # an end the distribution can return must lie in the interval; one it only approaches, in its closure
+        if lo not in (interval if lo_hit else interval.closure) or hi not in (interval if hi_hit else interval.closure):
+            support = Interval(**{"ge" if lo_hit else "gt": lo, "le" if hi_hit else "lt": hi})
+            raise interval.error(lo if dist.dist == "constant" else f"{dist.dist} on {support.brackets}")
         return dist
 
     return check
 
 
-def AgentParam(low: float, high: float, low_open: bool = False, high_open: bool = False):
-    """A per-agent parameter: a number or a distribution, within [low, high] (open ends as given)."""
-    return Annotated[Distribution, BeforeValidator(_number_is_constant),
-                     AfterValidator(_in_range(low, high, low_open, high_open))]
+def AgentParam(interval: Interval):
+    """A per-agent parameter: a number or a distribution whose every value lies in ``interval``."""
+    return Annotated[Distribution, BeforeValidator(_number_is_constant), AfterValidator(_within(interval))]
 
 
-def _unit_float(value: float) -> float:
-    if not 0.0 <= value <= 1.0:
-        raise PydanticCustomError("range", "must be in [0, 1], got {given}", {"given": f"{value:g}"})
-    return value
-
-
-UnitFloat = Annotated[float, AfterValidator(_unit_float)]
+UnitFloat = Annotated[float, Interval(ge=0, le=1)]
 
 
 # ---------------------------------------------------------------- initial values
@@ -89,7 +78,7 @@ class ProfileInit(Strict):
     """Initial values around the value profile of ``agents/<profile>.yaml``, with Gaussian ``spread``."""
 
     profile: str
-    spread: Annotated[float, Field(ge=0)] = 0.05
+    spread: Annotated[float, Interval(ge=0)] = 0.05
 
 
 def _init_kind(value: Any) -> str | None:
@@ -149,11 +138,11 @@ class GroupSpec(Strict):
 
     name: Identifier
     kind: Literal["human", "llm", "ai", "rl"] = "human"
-    count: Annotated[int, Field(ge=1)]
+    count: Annotated[int, Interval(ge=1)]
     init: InitSpec = Uniform(dist="uniform", low=0.0, high=1.0)
-    confidence: AgentParam(0.0, 1.0, low_open=True) = Constant(value=0.2)
-    rate: AgentParam(0.0, 0.5, low_open=True) = Constant(value=0.5)
-    anchoring: AgentParam(0.0, 1.0) = Constant(value=0.0)
+    confidence: AgentParam(Interval(gt=0, le=1)) = Constant(value=0.2)
+    rate: AgentParam(Interval(gt=0, le=0.5)) = Constant(value=0.5)
+    anchoring: AgentParam(Interval(ge=0, le=1)) = Constant(value=0.0)
     zealots: UnitFloat = 0.0
     policy: PluginRef = PluginRef(name="honest")
     persona: str | dict[str, Any] | None = None
@@ -173,7 +162,7 @@ class NetworkSpec(Strict):
 class StopSpec(Strict):
     """When to stop before ``steps``: ``tolerance`` stops once no value moved more than it in a step (every world)."""
 
-    tolerance: Annotated[float, Field(gt=0)] | None = None
+    tolerance: Annotated[float, Interval(gt=0)] | None = None
 
 
 class LogSpec(Strict):
@@ -184,9 +173,9 @@ class LogSpec(Strict):
     ``checkpoint_every``: steps between checkpoints (default: 10 x ``log_every``).
     """
 
-    values_every: Annotated[int, Field(ge=1)] | None = None
-    values_max_agents: Annotated[int, Field(ge=0)] = 10_000
-    checkpoint_every: Annotated[int, Field(ge=1)] | None = None
+    values_every: Annotated[int, Interval(ge=1)] | None = None
+    values_max_agents: Annotated[int, Interval(ge=0)] = 10_000
+    checkpoint_every: Annotated[int, Interval(ge=1)] | None = None
 
 
 class ValueSpaceSpec(Strict):
@@ -222,10 +211,10 @@ class ScenarioSpec(Strict):
     description: str = ""
     plugins: list[str] = Field(default_factory=list)
     """Drop-in plugin files to load (paths relative to the scenario); only files named here are run."""
-    seed: Annotated[int, Field(ge=0)] = 0
-    steps: Annotated[int, Field(ge=0)] = 100
-    log_every: Annotated[int, Field(ge=1)] = 1
-    worlds: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Interval(ge=0)] = 0
+    steps: Annotated[int, Interval(ge=0)] = 100
+    log_every: Annotated[int, Interval(ge=1)] = 1
+    worlds: Annotated[int, Interval(ge=1)] = 1
     values: Annotated[ValueSpaceSpec, BeforeValidator(_value_space), AfterValidator(_unique_dimensions)] = \
         ValueSpaceSpec(name="schwartz10", dimensions=list(BUILTIN_SPACES["schwartz10"]))
     network: NetworkSpec = NetworkSpec()

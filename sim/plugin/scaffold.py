@@ -106,8 +106,8 @@ def _refuse_taken_name(kind: str, name: str) -> None:
 
 
 # Names the templates import: a plugin class must not shadow them (``reading`` -> ``ReadingPlugin``).
-IMPORTED_NAMES = {"Annotated", "Any", "ClassVar", "Field", "Group", "NetworkRequest", "PluginParams", "Reading",
-                  "State", "World"}
+IMPORTED_NAMES = {"Annotated", "Any", "ClassVar", "Group", "Interval", "NetworkRequest", "PluginParams", "Reading",
+                  "State", "Streams", "World"}
 
 
 def class_name_for(name: str) -> str:
@@ -278,9 +278,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
 
-from sim.contracts import Group, PluginParams, State, Streams, World
+from sim.contracts import Group, Interval, PluginParams, State, Streams, World
 
 
 class $class_name:
@@ -294,7 +293,7 @@ class $class_name:
     class Params(PluginParams):
         """Validated from the scenario: ``policy: {$name: {strength: 0.3}}``."""
 
-        strength: Annotated[float, Field(ge=0, le=1)] = 0.5
+        strength: Annotated[float, Interval(ge=0, le=1)] = 0.5
         """Share of the way from the agent's own values toward 0.5 that it expresses."""
 
     # False: partners see what ``express`` returns. Only a policy that shows
@@ -347,9 +346,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
 
-from sim.contracts import PluginParams, State, Streams, World
+from sim.contracts import Interval, PluginParams, State, Streams, World
 
 
 class $class_name:
@@ -363,7 +361,7 @@ class $class_name:
     class Params(PluginParams):
         """Validated from the scenario: ``dynamics: [deffuant, {$name: {strength: 0.05}}]``."""
 
-        strength: Annotated[float, Field(ge=0, le=1)] = 0.05
+        strength: Annotated[float, Interval(ge=0, le=1)] = 0.05
         """Share of the distance to the world's mean covered in one step."""
 
     # The per-agent parameters it reads (confidence, rate, anchoring): none. A
@@ -416,9 +414,8 @@ import math
 from typing import Annotated, Any
 
 import torch
-from pydantic import Field
 
-from sim.contracts import PluginParams, Reading, State, Streams, World
+from sim.contracts import Interval, PluginParams, Reading, State, Streams, World
 
 
 class $class_name:
@@ -433,7 +430,7 @@ class $class_name:
     class Params(PluginParams):
         """Validated from the scenario: ``metrics: [{$name: {centre: 0.5}}]``."""
 
-        centre: Annotated[float, Field(ge=0, le=1)] = 0.5
+        centre: Annotated[float, Interval(ge=0, le=1)] = 0.5
         """The point, on every value dimension, that distances are measured from."""
 
     def __init__(self, params: Params):
@@ -481,9 +478,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import Field
 
-from sim.contracts import NetworkRequest, PluginParams
+from sim.contracts import Interval, NetworkRequest, PluginParams
 
 
 class $class_name:
@@ -497,7 +493,7 @@ class $class_name:
     class Params(PluginParams):
         """Validated from the scenario: ``network: {generator: $name, params: {links: 3}}``."""
 
-        links: Annotated[int, Field(ge=1)] = 3
+        links: Annotated[int, Interval(ge=1)] = 3
         """Partners each agent picks (its degree ends up a little under 2 x links on average)."""
 
     def __init__(self, params: Params):

@@ -12,24 +12,13 @@ import torch
 
 from ..config.build import build_simulation
 from ..core.engine import Simulation, StepError
-from ..errors import RunDirError, RunFailed, ScenarioError
+from ..core.interval import Interval
+from ..errors import Interrupted, RunDirError, RunFailed, ScenarioError
 from ..llm.contract import BudgetExhausted
 from .runlog import RunLog, new_run_dir, pid_alive, read_manifest, versions, git_commit
 from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
 
 Progress = Callable[[int, int], None]
-
-
-class Interrupted(Exception):
-    """The run was stopped by a signal; its log is marked ``interrupted`` and it can be resumed."""
-
-    exit_code = 1
-
-    def __init__(self, run_dir: Path, step: int, reason: str | None = None):
-        why = f" ({reason})" if reason else ""
-        super().__init__(f"interrupted at step {step}{why}; resume with: valuesim resume {run_dir}")
-        self.run_dir = run_dir
-        self.step = step
 
 
 def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int | None = None,
@@ -205,8 +194,8 @@ def _stop_on_signals():
 
 def _with_flag(scenario: Scenario, field: str, value: int, minimum: int) -> Scenario:
     """The scenario with ``field`` set from the ``--<field>`` flag."""
-    if value < minimum:
-        raise ScenarioError(f"must be >= {minimum}, got {value}", location=f"--{field}")
+    if value not in Interval(ge=minimum):
+        raise ScenarioError(Interval(ge=minimum).message(value), location=f"--{field}")
     return Scenario(spec=scenario.spec.model_copy(update={field: value}), source=scenario.source,
                     base_dir=scenario.base_dir)
 

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 import torch
-from pydantic import Field
 
-from sim.contracts import Group, PluginParams, State, Streams, World
+from sim.contracts import Group, Interval, PluginParams, State, Streams, World
 
 
 class BridgeBuilder:
@@ -30,7 +29,7 @@ class BridgeBuilder:
     class Params(PluginParams):
         """Validated from the scenario: ``policy: {bridge_builder: {weight: 0.7}}``."""
 
-        weight: Annotated[float, Field(ge=0, le=1)] = 0.5
+        weight: Annotated[float, Interval(ge=0, le=1)] = 0.5
         """Share of the way from one's own values toward the neighbours' mean that is expressed (0.5: midpoint)."""
 
     # What partners see is what express() returns, not the agent's own values.
