@@ -17,6 +17,46 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # numba's workqueue threads sleep when idle; its OpenMP layer would spin the same way.
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
+
+def _place_numba_cache(environ, kernels_dir) -> None:
+    """Point ``NUMBA_CACHE_DIR`` at a user cache when numba could not write its ``cache=True`` kernels
+    beside their source (``__pycache__`` of an installed, read-only copy); a user's own setting wins."""
+    from pathlib import Path
+
+    if environ.get("NUMBA_CACHE_DIR") or kernels_dir is None:
+        return
+    kernels_dir = Path(kernels_dir)
+    pycache = kernels_dir / "__pycache__"
+    where = pycache if pycache.is_dir() else kernels_dir
+    if os.access(where, os.W_OK | os.X_OK):
+        return
+    import tempfile
+
+    base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    for candidate in (base / "valuesim" / "numba", Path(tempfile.gettempdir()) / f"valuesim-numba-{os.getuid()}"):
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(candidate, os.W_OK | os.X_OK):
+            environ["NUMBA_CACHE_DIR"] = str(candidate)
+            return
+
+
+def _kernels_dir():
+    """The folder of the numba kernels (``plugins/dynamics``), found without importing anything."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("plugins")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return os.path.join(locations[0], "dynamics") if locations else None
+
+
+_place_numba_cache(os.environ, _kernels_dir())
+
 from .errors import PluginError, RunDirError, RunFailed, ScenarioError, ValuesimError
 from .config.scenario import Scenario, load_scenario, scenario_from_dict
 

@@ -93,12 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
                 "new": _new}[args.command](args)
-    except ValuesimError as exc:
+    except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
-        return 2
-    except RunFailed as exc:
-        print(f"valuesim: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
 
 
 def _validate(args) -> int:

@@ -12,6 +12,7 @@ prints its message as one line on stderr and exits with the class's
         BudgetExhausted      1    a language-model backend's budget is spent
       Interrupted            1  the run stopped (a signal, a RunStop) and can be resumed
       RunFailed              1  the input was fine; the run raised inside a step and is marked failed
+        RunLogWriteError     1    a file of the run log could not be written mid-run
 
 Range messages read the same everywhere (``must be in (0, 1], got 1.5``):
 they all come from :class:`sim.core.interval.Interval`.
@@ -100,3 +101,12 @@ class RunFailed(ValuesimError):
     def __init__(self, message: str, run_dir=None):
         super().__init__(message)
         self.run_dir = run_dir
+
+
+class RunLogWriteError(RunFailed):
+    """A file of the run log could not be written mid-run (a full disk, a folder turned read-only).
+
+    The run stops with one line and is marked ``failed`` where the manifest can
+    still be written; it resumes from its last checkpoint once the cause is
+    fixed. Exit code 1: the input was fine.
+    """

@@ -20,6 +20,12 @@ from sim.contracts import NoParams
 from tests.conftest import REPO, small_scenario
 
 
+@pytest.fixture
+def clean_registry():
+    with registry.scratch():
+        yield
+
+
 def _tables(run_dir):
     view = sim.open_run(run_dir)
     return view.metrics(), view.values()
@@ -34,7 +40,8 @@ def test_run_writes_the_whole_log(tmp_path, write_scenario):
     path = sim.run(write_scenario(small_scenario()), runs_dir=tmp_path / "runs")
     assert path.parent == tmp_path / "runs" and path.name.startswith("small__") and path.name.endswith("__s3")
     assert sorted(p.name for p in path.iterdir()) == [
-        "checkpoint", "events.jsonl", "manifest.json", "metrics.parquet", "scenario.yaml", "values.parquet"]
+        ".lock", "checkpoint", "events.jsonl", "manifest.json", "metrics.parquet", "scenario.yaml", "values.parquet"]
+    assert sorted(p.name for p in (path / "checkpoint").iterdir()) == ["state.json", "state.safetensors", "step"]
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == 3 and manifest["last_step"] == 12
     assert {"torch", "numpy", "valuesim"} <= set(manifest["versions"]) and manifest["device"] == "cpu"
@@ -77,10 +84,35 @@ def test_values_beyond_the_limit_are_a_seeded_sample(tmp_path, write_scenario):
     assert len(agents) == 40 and agents.is_monotonic_increasing and agents.equals(b[b.step == 0]["agent"])
 
 
+# An identity dynamics that sleeps when asked: the killed subprocess steps slowly enough to be stopped
+# mid-run whatever the machine, while the world stays small and the uninterrupted twin runs at full speed.
+PAUSE_PLUGIN = '''
+import os, time
+from sim.contracts import NoParams
+from sim.registry import register
+
+
+@register("dynamics", "pause")
+class Pause:
+    """Leave the values as they are, after sleeping VALUESIM_TEST_PAUSE_S seconds."""
+
+    Params = NoParams
+    uses = ()
+
+    def __init__(self, params):
+        self.seconds = float(os.environ.get("VALUESIM_TEST_PAUSE_S", "0"))
+
+    def apply(self, values, expressed, state, world, rng):
+        time.sleep(self.seconds)
+        return values
+'''
+
+
 def _long_scenario(tmp_path, write_scenario) -> Path:
-    scenario = small_scenario(steps=400, log_every=5, log={"checkpoint_every": 10},
+    (tmp_path / "pause.py").write_text(PAUSE_PLUGIN)
+    scenario = small_scenario(steps=200, log_every=5, log={"checkpoint_every": 10}, plugins=["pause.py"],
                               metrics=["mean_values", "drift", "consensus_time"])
-    scenario["population"][0]["count"] = 3000
+    scenario["dynamics"] = [*scenario["dynamics"], "pause"]
     return write_scenario(scenario)
 
 
@@ -101,11 +133,12 @@ def _wait_for_step(run_root: Path, step: int, proc, timeout: float = 120) -> Pat
 def _start(path: Path, runs: Path) -> subprocess.Popen:
     exe = Path(sys.executable).with_name("valuesim")
     return subprocess.Popen([str(exe), "run", str(path), "--quiet", "--runs-dir", str(runs)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "VALUESIM_TEST_PAUSE_S": "0.02"})
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, write_scenario, how):
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, write_scenario, how, clean_registry):
     path = _long_scenario(tmp_path, write_scenario)
     whole = sim.run(path, runs_dir=tmp_path / "whole")
     proc = _start(path, tmp_path / "cut")
@@ -119,7 +152,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path, write_scenario, h
     else:
         assert manifest["status"] == "running"  # the process died; resume sees its pid is gone
         assert sim.open_run(run_dir).status == "interrupted", "a dead 'running' run reads as interrupted"
-    assert manifest["step"] < 400, "the run finished before it was stopped; make it longer"
+    assert manifest["step"] < 200, "the run finished before it was stopped; make it longer"
     assert sim.resume(run_dir) == run_dir
     _assert_same_tables(whole, run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())

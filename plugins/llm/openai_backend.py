@@ -5,7 +5,9 @@ vLLM, the llama.cpp server, Ollama and hosted APIs all answer
 concurrency, retries what is worth retrying with exponential backoff, and
 keeps a request and a token budget. The API key is read from the environment
 variable named in the parameters at each call, is sent only in the
-``Authorization`` header, and is scrubbed from every message it passes on.
+``Authorization`` header, and is scrubbed from every text it passes on (error
+messages and replies alike: a server may echo the header back). A reply
+longer than ``sim.llm.cache.MAX_REPLY_CHARS`` is cut to that and marked.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pydantic import Field
 from sim.contracts import Interval, PluginParams
 from sim.errors import ValuesimError
 from sim.llm import BudgetExhausted, ChatRequest, ChatResponse
+from sim.llm.cache import kept_text
 
 RETRY_AFTER_CAP_S = 60.0
 """The longest wait a server's ``Retry-After`` can impose (a misconfigured server may ask for hours)."""
@@ -216,6 +219,7 @@ class _Call:
         prompt_tokens = _int(usage.get("prompt_tokens"), _estimate(" ".join(m["content"] for m in request.messages)))
         completion_tokens = _int(usage.get("completion_tokens"), _estimate(text))
         self.backend.tokens_used += prompt_tokens + completion_tokens
+        text = kept_text(_scrub(text, self.key))  # scrubbed before it is cut, so no part of the key survives
         return _Attempt(response=ChatResponse(text=text, prompt_tokens=prompt_tokens,
                                               completion_tokens=completion_tokens, latency_s=latency))
 

@@ -13,7 +13,10 @@ Modes (``CacheMode``):
 - ``readwrite``: answer hits, send misses, store what comes back.
 
 A response that carries ``error`` is never stored, so a failure is retried on
-the next run rather than replayed. The file is safe for one writing process
+the next run rather than replayed. A reply longer than ``MAX_REPLY_CHARS`` is
+cut to that length and marked (:func:`kept_text`) before anyone sees it, so
+one runaway server cannot grow the file (or the run's events) without bound,
+and a replay reads what the first run read. The file is safe for one writing process
 (WAL mode lets readers in other processes look on); two runs writing the same
 cache at once should use two files.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
@@ -32,6 +36,9 @@ from .contract import ChatRequest, ChatResponse, LLMBackend
 CacheMode = Literal["off", "read", "readwrite"]
 CACHE_MODES: tuple[str, ...] = ("off", "read", "readwrite")
 CACHE_FILE_NAME = ".llm-cache.sqlite"
+MAX_REPLY_CHARS = 64 * 1024
+"""The most characters of one reply that are kept (logged, cached, read); valuesim asks for short answers."""
+TRUNCATED_MARK = " [truncated by valuesim: the reply had {n} characters]"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -44,6 +51,19 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 # SQLite's historical limit on ``?`` parameters in one statement is 999.
 _LOOKUP_CHUNK = 500
+
+
+def kept_text(text: str, limit: int = MAX_REPLY_CHARS) -> str:
+    """``text`` itself, or its start and a mark saying it was cut and how long it was, ``limit`` characters
+    in all (so a kept text is kept as it is)."""
+    if len(text) <= limit:
+        return text
+    mark = TRUNCATED_MARK.format(n=len(text))
+    return text[:limit - len(mark)] + mark
+
+
+def _kept(response: ChatResponse) -> ChatResponse:
+    return response if len(response.text) <= MAX_REPLY_CHARS else replace(response, text=kept_text(response.text))
 
 
 def default_cache_path(runs_dir: Path) -> Path:
@@ -102,7 +122,7 @@ class ResponseCache:
     def put_many(self, items: Iterable[tuple[str, ChatResponse]], backend: str, model: str) -> int:
         """Store ``(key, response)`` pairs in one transaction; returns how many were stored."""
         now = time.time()
-        rows = [(key, backend, model, json.dumps(response.to_json(), sort_keys=True), now)
+        rows = [(key, backend, model, json.dumps(_kept(response).to_json(), sort_keys=True), now)
                 for key, response in items if response.error is None]
         if rows:
             with self._db:
@@ -177,7 +197,7 @@ class CachedBackend:
             return []
         if self.mode == "off":
             self.misses += len(requests)
-            return await self._send(requests)
+            return [_kept(r) for r in await self._send(requests)]
         name, model = self.inner.name, self.inner.model_id
         keys = [request.cache_key(name, model) for request in requests]
         found = self.cache.get_many(keys)
@@ -185,7 +205,7 @@ class CachedBackend:
         self.hits += sum(key in found for key in keys)
         self.misses += len(requests) - sum(key in found for key in keys)
         if missing:
-            answers = await self._send(list(missing.values()))
+            answers = [_kept(r) for r in await self._send(list(missing.values()))]
             fresh = dict(zip(missing, answers))
             if self.mode == "readwrite":
                 self.cache.put_many(fresh.items(), name, model)

@@ -19,7 +19,10 @@ A fault is ``"ok"``, an HTTP status as a string (``"429"`` comes with a
 ``Retry-After`` of ``retry_after``; ``"401"`` echoes the Authorization header
 in its error message, as careless servers do), ``"hang"`` (answer nothing for
 ``hang_s``, longer than any client timeout under test), ``"malformed"`` (a
-body that is not JSON) or ``"no_choices"`` (JSON without ``choices``).
+body that is not JSON), ``"no_choices"`` (JSON without ``choices``),
+``"echo_auth"`` (a normal answer whose text repeats the Authorization header,
+as a careless server or a prompt-injected model might) or ``"huge"`` (a normal
+answer of ``huge_chars`` characters, 4 MiB by default).
 
 Every request is recorded in ``requests`` (path, headers, parsed body, the
 fault applied); ``max_in_flight`` is the most requests ever handled at once.
@@ -39,7 +42,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("ok", "hang", "malformed", "no_choices")  # plus any HTTP status given as a string, e.g. "500"
+FAULTS = ("ok", "hang", "malformed", "no_choices", "echo_auth", "huge")  # plus any HTTP status given as a string, e.g. "500"
 
 
 def fake_reply(body: dict[str, Any]) -> str:
@@ -112,7 +115,7 @@ class FakeChatServer:
     def __init__(self, *, latency_s: float = 0.0, script: list[str] | None = None,
                  per_prompt: dict[str, list[str]] | None = None, fault_rates: dict[str, float] | None = None,
                  retry_after: str = "0", hang_s: float = 10.0, usage: bool = True, seed: int = 0,
-                 host: str = "127.0.0.1", port: int = 0):
+                 huge_chars: int = 4 * 1024 * 1024, host: str = "127.0.0.1", port: int = 0):
         self.latency_s = latency_s
         self.script = list(script or [])
         self.per_prompt = {k: list(v) for k, v in (per_prompt or {}).items()}
@@ -120,6 +123,7 @@ class FakeChatServer:
         self.retry_after = retry_after
         self.hang_s = hang_s
         self.usage = usage
+        self.huge_chars = huge_chars
         for fault in [*self.script, *self.fault_rates, *(f for v in self.per_prompt.values() for f in v)]:
             if fault not in FAULTS and not (fault.isdigit() and len(fault) == 3):
                 raise ValueError(f"unknown fault {fault!r}; faults are {', '.join(FAULTS)} or an HTTP status")
@@ -213,6 +217,11 @@ class FakeChatServer:
             return handler.send(200, _json({"id": "fake", "object": "chat.completion", "choices": []}))
         if fault.isdigit():
             return self._answer_status(handler, int(fault))
+        if fault == "echo_auth":
+            text = f"{fake_reply(body)} (you sent Authorization: {handler.headers.get('Authorization', '')})"
+            return handler.send(200, _json(self._completion(body, text)))
+        if fault == "huge":
+            return handler.send(200, _json(self._completion(body, "x" * self.huge_chars)))
         handler.send(200, _json(self._completion(body)))
 
     def _answer_status(self, handler: _Handler, status: int) -> None:
@@ -222,8 +231,8 @@ class FakeChatServer:
             message = f"Incorrect API key provided: {handler.headers.get('Authorization', '')}"
         handler.send(status, _json({"error": {"message": message}}), headers)
 
-    def _completion(self, body: dict[str, Any]) -> dict[str, Any]:
-        text = fake_reply(body)
+    def _completion(self, body: dict[str, Any], text: str | None = None) -> dict[str, Any]:
+        text = fake_reply(body) if text is None else text
         answer: dict[str, Any] = {"id": "fake", "object": "chat.completion", "model": body.get("model"),
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": text}}]}

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 
 from ..errors import RunDirError
-from .runlog import TABLES, pid_alive, read_manifest
+from .runlog import TABLES, part_step, lock_held, pid_alive, read_events, read_manifest, read_parquet
 
 
 @dataclass(frozen=True)
@@ -27,13 +25,25 @@ class RunView:
         """The manifest's status, except that a ``running`` run whose process is gone reads ``interrupted``
         (a killed process cannot mark itself; ``valuesim resume`` finishes it)."""
         status = self.manifest["status"]
-        if status == "running" and not pid_alive(self.manifest.get("pid"), self.manifest.get("host")):
-            return "interrupted"
+        if status == "running":
+            held = lock_held(self.path)  # the lock tells best; a run of an older valuesim has only its pid
+            alive = held if held is not None else pid_alive(self.manifest.get("pid"), self.manifest.get("host"))
+            if not alive:
+                return "interrupted"
         return status
 
     @property
     def scenario(self) -> dict[str, Any]:
-        return yaml.safe_load((self.path / "scenario.yaml").read_text(encoding="utf-8"))
+        file = self.path / "scenario.yaml"
+        try:
+            data = yaml.safe_load(file.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise RunDirError(f"{file}: missing (the run directory is incomplete)") from None
+        except (UnicodeDecodeError, yaml.YAMLError):
+            raise RunDirError(f"{file}: not a YAML scenario (the file is corrupt)") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{file}: not a YAML scenario (the file is corrupt)")
+        return data
 
     def table(self, name: str, as_: str = "pandas"):
         """``metrics`` or ``values`` as a pandas DataFrame (``as_="pandas"``) or an Arrow table (``"arrow"``)."""
@@ -41,10 +51,10 @@ class RunView:
             raise RunDirError(f"unknown table {name!r} (tables: {', '.join(TABLES)})")
         file = self.path / f"{name}.parquet"
         if file.is_file():
-            table = pq.read_table(file)
+            table = read_parquet(file)
         else:  # a run still going: read the parts written so far
-            parts = sorted((self.path / "parts").glob(f"{name}-*.parquet"))
-            table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else None
+            parts = sorted((self.path / "parts").glob(f"{name}-*.parquet"), key=part_step)
+            table = pa.concat_tables([read_parquet(p) for p in parts]) if parts else None
             if table is None:
                 raise RunDirError(f"{self.path}: no {name} rows yet")
         if as_ == "arrow":
@@ -60,16 +70,8 @@ class RunView:
         return self.table("values", as_)
 
     def events(self) -> list[dict[str, Any]]:
-        file = self.path / "events.jsonl"
-        if not file.is_file():
-            return []
-        events = []
-        for line in file.read_text(encoding="utf-8").splitlines():
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:  # a last line cut short when the process was killed
-                continue
-        return events
+        """The events in order; a last line cut short by a kill is skipped."""
+        return read_events(self.path / "events.jsonl")
 
 
 def open_run(path: str | Path) -> RunView:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import shutil
 import signal
 import sys
 from contextlib import contextmanager
@@ -13,9 +15,11 @@ import torch
 from ..config.build import build_simulation
 from ..core.engine import Simulation, StepError
 from ..core.interval import Interval
-from ..errors import Interrupted, RunDirError, RunFailed, ScenarioError
+from ..errors import Interrupted, RunDirError, RunFailed, RunLogWriteError, ScenarioError
 from ..llm.contract import BudgetExhausted
-from .runlog import RunLog, new_run_dir, pid_alive, read_manifest, versions, git_commit
+from .checkpoint import load_checkpoint
+from .runlog import (CHECKPOINT, LOCK_FILE, RunLock, RunLog, new_run_dir, pid_alive, read_manifest,
+                     recover_checkpoint, versions, git_commit)
 from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
 
 Progress = Callable[[int, int], None]
@@ -41,49 +45,143 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         scenario = _with_flag(scenario, "worlds", worlds, minimum=1)
     cache_path = Path(runs_dir) / ".llm-cache.sqlite"
     simulation = build_simulation(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
-    path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
-    if path.exists() and any(path.iterdir()):
-        raise RunDirError(f"--out {path}: the directory exists and is not empty")
+    made, path = _make_run_dir(out, runs_dir, scenario)
     manifest = {
         "scenario": scenario.name, "source": scenario.source.name, "base_dir": str(scenario.base_dir),
-        "seed": scenario.spec.seed, "seeds": simulation.generators.seeds, "worlds": simulation.world.b,
+        "seed": scenario.spec.seed, "streams": simulation.rng.stream.tolist(), "worlds": simulation.world.b,
         "agents": simulation.world.n, "steps": scenario.spec.steps, "device": _device_name(device),
         "command": command if command is not None else sys.argv, "versions": versions(),
         "git_commit": git_commit(), "error": None, "llm_cache": {"mode": llm_cache, "path": str(cache_path)},
     }
-    log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions)
-    log.event("started", 0, agents=simulation.world.n, worlds=simulation.world.b)
-    _loop(simulation, log, progress, fresh=True)
+    lock = None
+    try:  # nothing is left half-written when the folder turns out not to be writable
+        lock = RunLock(path)
+        log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions)
+        log.event("started", 0, agents=simulation.world.n, worlds=simulation.world.b)
+    except OSError as exc:
+        if lock is not None:
+            lock.release()
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise RunDirError(f"{path}: cannot write the run log there ({_reason(exc)})") from None
+    with lock:
+        _loop(simulation, log, progress, fresh=True)
     return path
 
 
 def resume(run_dir: str | Path, *, device: str | None = None, command: list[str] | None = None,
            progress: Progress | None = None) -> Path:
-    """Finish a stopped run from its checkpoint; the result equals an uninterrupted run."""
+    """Finish a stopped run from its checkpoint; the result equals an uninterrupted run.
+
+    The run directory is locked for the whole resume: a second process is
+    refused with the holder's pid.
+    """
     path = Path(run_dir)
-    manifest = read_manifest(path)
-    status = manifest.get("status")
-    if status == "complete":
-        raise RunDirError(f"{path}: the run is already complete")
-    if status == "running" and pid_alive(manifest.get("pid"), manifest.get("host")):
-        raise RunDirError(f"{path}: the run is still going (pid {manifest['pid']})")
-    checkpoint = path / "checkpoint" / "state.pt"
-    if not checkpoint.is_file():
-        raise RunDirError(f"{path}: no checkpoint to resume from (it stopped before the first one)")
-    text = (path / "scenario.yaml").read_text(encoding="utf-8")
-    scenario = scenario_from_yaml(text, str(path / "scenario.yaml"), base_dir=manifest["base_dir"])
-    cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
-    simulation = build_simulation(scenario, worlds=manifest["worlds"], device=device or _device_arg(manifest),
-                                  context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
-    simulation.restore(torch.load(checkpoint, weights_only=False))
-    log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step,
-                        command if command is not None else sys.argv)
-    log.event("resumed", simulation.state.step, previous_status=status)
-    _loop(simulation, log, progress, fresh=False)
+    manifest = read_manifest(path)  # a folder that is not a run gets no lock file
+    locked_before = (path / LOCK_FILE).exists()
+    try:
+        lock = RunLock(path)
+    except OSError as exc:
+        raise RunDirError(f"{path}: cannot lock the run directory ({_reason(exc)})") from None
+    with lock:
+        manifest = read_manifest(path)  # as it is now that no one else writes it
+        status = manifest["status"]
+        if status == "complete":
+            raise RunDirError(f"{path}: the run is already complete")
+        if status == "running" and not locked_before and pid_alive(manifest.get("pid"), manifest.get("host")):
+            raise RunDirError(f"{path}: the run is still going (pid {manifest['pid']})")  # an older valuesim's
+        recover_checkpoint(path)
+        if not (path / CHECKPOINT).is_dir():
+            raise RunDirError(f"{path}: no checkpoint to resume from (it stopped before the first one)")
+        snapshot = load_checkpoint(path / CHECKPOINT)
+        scenario = _stored_scenario(path, manifest)
+        cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
+        simulation = build_simulation(scenario, worlds=_field(path, manifest, "worlds", int),
+                                      device=device or _device_arg(manifest),
+                                      context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
+        _restore(simulation, snapshot, path / CHECKPOINT)
+        log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step,
+                            command if command is not None else sys.argv)
+        log.event("resumed", simulation.state.step, previous_status=status)
+        _loop(simulation, log, progress, fresh=False)
     return path
 
 
+def _stored_scenario(path: Path, manifest: dict) -> Scenario:
+    file = path / "scenario.yaml"
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise RunDirError(f"{file}: missing, so the run cannot be rebuilt to resume it") from None
+    except UnicodeDecodeError:
+        raise RunDirError(f"{file}: not a text file (the scenario is corrupt)") from None
+    return scenario_from_yaml(text, str(file), base_dir=_field(path, manifest, "base_dir", str))
+
+
+def _field(path: Path, manifest: dict, key: str, kind: type):
+    value = manifest.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise RunDirError(f"{path / 'manifest.json'}: {key!r} must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _restore(simulation: Simulation, snapshot: dict, where: Path) -> None:
+    """Load a checkpoint that decoded but may still not fit (tampered with, or from another version)."""
+    try:
+        simulation.restore(snapshot)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        raise RunDirError(f"{where}: the checkpoint does not fit this run ({type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:160]})") from None
+
+
+def _make_run_dir(out: str | Path | None, runs_dir: str | Path, scenario: Scenario) -> tuple[Path | None, Path]:
+    """Create the run directory; returns the topmost folder this made (removed again if nothing can be
+    written there) and the directory."""
+    where = out if out is not None else runs_dir
+    try:
+        path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
+        if path.is_dir():
+            if any(path.iterdir()):
+                raise RunDirError(f"--out {path}: the directory exists and is not empty")
+            return None, path
+        top = path
+        while not top.parent.exists():
+            top = top.parent
+        path.mkdir(parents=True)
+        return top, path
+    except OSError as exc:
+        raise RunDirError(f"{where}: cannot create the run directory there ({_reason(exc)})") from None
+
+
+_REASONS = {errno.ENOTDIR: "a part of the path is a file, not a folder", errno.EEXIST: "a file of that name exists",
+            errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+            errno.EROFS: "read-only file system", errno.ENAMETOOLONG: "a name in the path is too long",
+            errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _reason(exc: OSError) -> str:
+    return _REASONS.get(exc.errno) or exc.strerror or " ".join(str(exc).split())[:160] or type(exc).__name__
+
+
 def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh: bool) -> None:
+    """Run the steps; a file of the log that cannot be written (a full disk) stops the run with one line,
+    leaving it resumable from its last checkpoint."""
+    try:
+        _steps(simulation, log, progress, fresh)
+    except OSError as exc:
+        raise _write_failed(log, simulation.state.step, exc) from None
+
+
+def _write_failed(log: RunLog, step: int, exc: OSError) -> RunLogWriteError:
+    error = f"cannot write {exc.filename or log.path}: {_reason(exc)}"
+    recorded = log.record_stop("failed", step, error)
+    note = "" if recorded else " (the manifest could not be updated either)"
+    return RunLogWriteError(f"{error}; the run stopped at step {step}{note}; once there is room, continue it "
+                            f"from its last checkpoint (step {log.manifest.get('step', 0)}): "
+                            f"valuesim resume {log.path}", log.path)
+
+
+def _steps(simulation: Simulation, log: RunLog, progress: Progress | None, fresh: bool) -> None:
     spec = simulation.scenario.spec
     steps, log_every = spec.steps, spec.log_every
     values_every = spec.log.values_every or log_every
@@ -142,6 +240,12 @@ def _loop(simulation: Simulation, log: RunLog, progress: Progress | None, fresh:
     if simulation.converged:
         log.event("converged", state.step, converged_at=state.converged_at.tolist())
     save()
+    if log.llm.all_failed:  # fallbacks all the way: the run measured nothing of the model
+        error = (f"every one of the {log.llm.calls} language-model calls failed "
+                 f"(the last: {' '.join(log.llm.last_error.split())[:200]})")
+        log.event("failed", state.step, error=error)
+        log.finish("failed", state.step, error=error)
+        raise RunFailed(f"{error}; the run is marked failed: {log.path}", log.path)
     log.event("complete", state.step)
     log.finish("complete", state.step)
 
@@ -154,7 +258,6 @@ def _llm_context(scenario: Scenario, mode: str, cache_path: Path) -> dict:
         return {"llm_cache": None, "llm_cache_mode": mode}
     from ..llm.cache import ResponseCache
 
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
     return {"llm_cache": ResponseCache(cache_path), "llm_cache_mode": mode}
 
 
@@ -163,8 +266,8 @@ def _logged_agents(simulation: Simulation) -> torch.Tensor:
     n, limit = simulation.world.n, simulation.scenario.spec.log.values_max_agents
     if n <= limit:
         return torch.arange(n)
-    g = torch.Generator().manual_seed(simulation.generators.seeds["log"])
-    return torch.randperm(n, generator=g)[:limit].sort().values
+    keys = simulation.rng.select(slice(0, 1)).at(-1).uniform("log/values_sample", (1, n)).cpu()[0]
+    return keys.argsort()[:limit].sort().values
 
 
 class _Stop:
