@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,15 @@ def test_first_party_plugin_ranges_are_intervals():
                 checked += len(bounds)
                 assert all(isinstance(b, Interval) for b in bounds), (kind, name, field_name, bounds)
     assert checked > 20
+
+
+def test_the_per_agent_parameters_and_their_ranges_are_written_once():
+    from dataclasses import fields
+
+    from sim.config.schema import GroupSpec
+    from sim.core.state import AGENT_PARAMETERS, AgentParams
+
+    assert [f.name for f in fields(AgentParams)] == [*AGENT_PARAMETERS, "zealot"]
+    for name, interval in AGENT_PARAMETERS.items():
+        with pytest.raises(ValueError, match=re.escape(f"{name}\n  {interval.message(interval.high + 1)}")):
+            GroupSpec.model_validate({"name": "g", "count": 1, name: interval.high + 1})

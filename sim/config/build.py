@@ -17,7 +17,7 @@ from ..core.contracts import NetworkRequest
 from ..core.engine import Simulation
 from ..core.network import build_network, edges_to_network
 from ..core.rng import Streams, network_seed
-from ..core.state import State, World
+from ..core.state import AGENT_PARAMETERS, State, World
 from ..errors import ScenarioError, ValuesimError
 from .population import agent_params, initial_values, layout
 from .scenario import Scenario, instantiate
@@ -116,7 +116,7 @@ def _check_parameters_used(scenario: Scenario, dynamics: list[Any]) -> None:
     for plugin in dynamics:
         used.update(getattr(plugin, "uses", ()))
     for i, group in enumerate(scenario.spec.population):
-        for name in ("confidence", "rate", "anchoring"):
+        for name in AGENT_PARAMETERS:
             # a resolved scenario spells out every default, so only a value away from it counts as set
             if getattr(group, name) != type(group).model_fields[name].default and name not in used:
                 users = [n for n in registry.names("dynamics") if name in getattr(registry.get("dynamics", n),

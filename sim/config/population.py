@@ -19,10 +19,10 @@ from .persona import read_agent
 from .scenario import Scenario
 from .schema import FileInit, GroupSpec, ProfileInit
 from ..core.rng import Streams
-from ..core.state import AgentParams, Group
+from ..core.state import AGENT_PARAMETERS, AgentParams, Group
 
-# Allowed ranges of per-agent parameters; normal draws are clipped into them.
-PARAM_RANGES = {"confidence": (1e-6, 1.0), "rate": (1e-6, 0.5), "anchoring": (0.0, 1.0)}
+# What normal draws are clipped into: each parameter's range, an open end moved inside by 1e-6.
+PARAM_RANGES = {name: (r.low + 1e-6 if r.gt is not None else r.low, r.high) for name, r in AGENT_PARAMETERS.items()}
 
 
 def layout(scenario: Scenario) -> tuple[Group, ...]:

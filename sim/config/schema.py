@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 
 from ..core.contracts import Strict
 from ..core.interval import Interval
+from ..core.state import AGENT_PARAMETERS
 from .distributions import Constant, Distribution, Uniform
 from ..core.valuespace import BUILTIN_SPACES
 
@@ -140,9 +141,9 @@ class GroupSpec(Strict):
     kind: Literal["human", "llm", "ai", "rl"] = "human"
     count: Annotated[int, Interval(ge=1)]
     init: InitSpec = Uniform(dist="uniform", low=0.0, high=1.0)
-    confidence: AgentParam(Interval(gt=0, le=1)) = Constant(value=0.2)
-    rate: AgentParam(Interval(gt=0, le=0.5)) = Constant(value=0.5)
-    anchoring: AgentParam(Interval(ge=0, le=1)) = Constant(value=0.0)
+    confidence: AgentParam(AGENT_PARAMETERS["confidence"]) = Constant(value=0.2)
+    rate: AgentParam(AGENT_PARAMETERS["rate"]) = Constant(value=0.5)
+    anchoring: AgentParam(AGENT_PARAMETERS["anchoring"]) = Constant(value=0.0)
     zealots: UnitFloat = 0.0
     policy: PluginRef = PluginRef(name="honest")
     persona: str | dict[str, Any] | None = None

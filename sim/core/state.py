@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .interval import Interval
 from .valuespace import ValueSpace
 
 
@@ -65,6 +66,15 @@ class Network:
         return replace(self, rowptr=self.rowptr.to(device), col=self.col.to(device))
 
 
+AGENT_PARAMETERS: dict[str, Interval] = {
+    "confidence": Interval(gt=0, le=1),
+    "rate": Interval(gt=0, le=0.5),
+    "anchoring": Interval(ge=0, le=1),
+}
+"""The per-agent parameters, each with its range, written once: the scenario's group keys, the
+names a dynamics lists in ``uses``, and the float fields of :class:`AgentParams` (which adds ``zealot``)."""
+
+
 @dataclass(frozen=True)
 class AgentParams:
     """Per-agent parameters, each ``[B or 1, N]`` (a leading 1 broadcasts over worlds).
@@ -81,7 +91,7 @@ class AgentParams:
     zealot: torch.Tensor
 
     def to(self, device: torch.device | str) -> "AgentParams":
-        return AgentParams(*(getattr(self, f).to(device) for f in ("confidence", "rate", "anchoring", "zealot")))
+        return AgentParams(*(getattr(self, f).to(device) for f in (*AGENT_PARAMETERS, "zealot")))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from ..errors import PluginError
 from .kinds import KINDS, unknown_name_message
 from ..core.network import edges_to_network
 from ..core.rng import Streams
-from ..core.state import AgentParams, Group, State, World
+from ..core.state import AGENT_PARAMETERS, AgentParams, Group, State, World
 from ..core.valuespace import ValueSpace
 
 # kind -> (the method that does the work, its parameters after self)
@@ -39,7 +39,7 @@ CONTRACTS = {
     "policies": ("express", ("state", "world", "group", "rng")),
 }
 OPTIONAL_METHODS = {"policies": {"prepare": ("world", "group")}}
-PER_AGENT_PARAMETERS = ("confidence", "rate", "anchoring")
+PER_AGENT_PARAMETERS = tuple(AGENT_PARAMETERS)
 
 B, N, K = 2, 12, 3
 GROUPS = (Group("first", "human", 0, 6), Group("second", "human", 6, 12))
@@ -231,7 +231,7 @@ def _instantiate(kind: str, cls: type, params: dict | None, checker: str) -> Any
 def _inputs(world: World, state: State, **first: torch.Tensor) -> dict[str, torch.Tensor]:
     named = dict(first, **{"state.values": state.values, "state.active": state.active,
                            "world.initial": world.initial, "world.network.col": world.network.col})
-    named.update({f"world.params.{f}": getattr(world.params, f) for f in ("confidence", "rate", "anchoring")})
+    named.update({f"world.params.{f}": getattr(world.params, f) for f in AGENT_PARAMETERS})
     return named
 
 
