@@ -14,6 +14,7 @@ import torch
 
 from sim.contracts import Group, Interval, NoParams, PluginParams, State, Streams, World
 from sim.config.distributions import DimResolver
+from sim.core.ops import masked_mean, neighbour_min, neighbour_sums
 
 UnitFloat = Annotated[float, Interval(ge=0, le=1)]
 ValueVector = Union[UnitFloat, list[UnitFloat], dict[str, UnitFloat]]
@@ -154,30 +155,26 @@ class StrategicInfluencer:
 
 
 def _neighbour_view(state: State, world: World, group: Group, bound: str):
-    """Per influencer: mean values and mean/min confidence of its neighbours, and whether it has any."""
-    net = world.network
-    lo, hi = int(net.rowptr[group.start]), int(net.rowptr[group.stop])
-    cols = net.col[lo:hi]
-    degree = net.degree()[group.rows]
-    owner = torch.repeat_interleave(torch.arange(group.size, device=cols.device), degree)
-    values = state.values
-    sums = torch.zeros((world.b, group.size, world.k), dtype=values.dtype, device=values.device)
-    sums.index_add_(1, owner, values[:, cols])
-    count = degree.clamp_min(1).to(values.dtype)
-    eps = world.params.confidence.expand(world.b, world.n)[:, cols].to(values.dtype)
+    """Per influencer: mean values and mean/min confidence of its present neighbours, and whether it has any."""
+    values, active = state.values, state.active
+    sums, count = neighbour_sums(world.network, group.start, group.stop, values, active)
+    eps = world.params.confidence.expand(world.b, world.n).to(values.dtype)
     if bound == "mean":
-        limit = torch.zeros((world.b, group.size), dtype=values.dtype, device=values.device)
-        limit.index_add_(1, owner, eps)
-        limit = limit / count
+        limit = neighbour_sums(world.network, group.start, group.stop, eps[..., None], active)[0][..., 0]
+        limit = limit / count.clamp_min(1)
     else:
-        limit = torch.full((world.b, group.size), 1.0, dtype=values.dtype, device=values.device)
-        limit = limit.scatter_reduce(1, owner.expand(world.b, -1), eps, reduce="amin")
-    return sums / count[:, None], limit, (degree > 0).expand(world.b, -1)
+        limit = neighbour_min(world.network, group.start, group.stop, eps, active, 1.0)
+    return sums / count.clamp_min(1)[..., None], limit, count > 0
 
 
 def _group_view(state: State, world: World, target: Group, bound: str):
-    """The whole target group's mean values and mean/min confidence, the same for every influencer."""
-    centre = state.values[:, target.rows].mean(dim=1, keepdim=True)
+    """The target group's present agents' mean values and mean/min confidence, the same for every influencer."""
+    present = state.active[:, target.rows]
+    centre = masked_mean(state.values[:, target.rows], present).unsqueeze(1)
     eps = world.params.confidence.expand(world.b, world.n)[:, target.rows].to(state.values.dtype)
-    limit = (eps.mean(dim=1) if bound == "mean" else eps.amin(dim=1)).unsqueeze(1)
-    return centre, limit, torch.ones((world.b, 1), dtype=torch.bool, device=state.values.device)
+    if bound == "mean":
+        limit = masked_mean(eps, present)
+    else:
+        limit = torch.where(present, eps, torch.ones_like(eps)).amin(dim=1)
+    has = present.any(dim=1, keepdim=True)
+    return centre.nan_to_num(0.5), limit.nan_to_num(1.0).unsqueeze(1), has

@@ -9,11 +9,14 @@ import torch
 from pydantic import BaseModel, Field
 
 from sim import registry
-from sim.checks import check_dynamics, check_metric, check_network, check_plugin, check_policy, tiny_world
-from sim.contracts import NoParams, PluginParams, Reading
+from sim.checks import (
+    check_dynamics, check_metric, check_network, check_plugin, check_policy, check_protocol, tiny_world,
+)
+from sim.contracts import NoParams, PluginParams, ProtocolOutput, Reading
 from sim.errors import PluginError
 
-CHECKS = {"dynamics": check_dynamics, "metrics": check_metric, "networks": check_network, "policies": check_policy}
+CHECKS = {"dynamics": check_dynamics, "metrics": check_metric, "networks": check_network, "policies": check_policy,
+          "protocols": check_protocol}
 # Parameters for registered plugins whose Params have required fields (networks: as the project's issue lists).
 PARAMS = {
     "networks": {"erdos_renyi": {"p": 0.3}, "watts_strogatz": {"k": 4, "p": 0.1}, "barabasi_albert": {"m": 2},
@@ -25,6 +28,8 @@ PARAMS = {
                                      "system_prompt": "You value {values_text}.",
                                      "message_prompt": "They value {audience_text}.",
                                      "questionnaire": {"at_start": False}}}},
+    "protocols": {"broadcast": {"speakers": "second", "share": 0.8}},
+    "metrics": {"protocol_outcome": {"protocol": "checked", "outcome": "count"}},
 }
 ORIGIN = "file /plugins/fake.py"
 WORLD = "the tiny world of sim.checks (B=2, N=12 in 2 groups, K=3, a ring)"
@@ -193,6 +198,67 @@ class Raises(Fine):
         raise RuntimeError("boom")
 
 
+class HearsTheAbsent(Fine):
+    """Pulls everyone toward the population's mean, absent agents included."""
+
+    def apply(self, values, expressed, state, world, rng):
+        return (values + values.mean(dim=1, keepdim=True)) / 2
+
+
+class ShowsTheCrowd:
+    """Shows the mean of everyone, absent agents included."""
+
+    Params = NoParams
+
+    def __init__(self, params):
+        self.params = params
+
+    def express(self, state, world, group, rng):
+        own = state.values[:, group.rows]
+        return state.values.mean(dim=1, keepdim=True).expand_as(own).clone()
+
+
+class FineProtocol:
+    """Does nothing, and counts the steps."""
+
+    Params = NoParams
+    uses = ()
+
+    def __init__(self, params):
+        self.params = params
+
+    def start(self, world, rng):
+        return {"steps": torch.zeros(world.b, dtype=torch.int64)}
+
+    def action_spaces(self, world):
+        return {}
+
+    def step(self, values, state, world, carry, rng, ask):
+        return ProtocolOutput(values=None, carry={"steps": carry["steps"] + 1}, events=[])
+
+
+class MovesTheAbsent(FineProtocol):
+    """Pulls every agent a little toward the middle, absent or not."""
+
+    def step(self, values, state, world, carry, rng, ask):
+        return ProtocolOutput(values=values + 0.1 * (0.5 - values), carry=carry, events=[])
+
+
+class UnbatchedCarry(FineProtocol):
+    """Keeps a number, not a tensor per world."""
+
+    def start(self, world, rng):
+        return {"steps": 0}
+
+
+class AsksUndeclared(FineProtocol):
+    """Asks for an action it never declared."""
+
+    def step(self, values, state, world, carry, rng, ask):
+        ask("first", "volume")
+        return super().step(values, state, world, carry, rng, ask)
+
+
 class PolicyBase:
     """Shows its own values."""
 
@@ -346,6 +412,17 @@ STATIC = [
 
 # (kind, fake, what the per-kind check says is wrong): found only by running the plugin.
 RUNNING = [
+    ("dynamics", HearsTheAbsent, "apply() lets an absent agent (state.active False: agent 3 of world 1) influence "
+                                 "the others; leave inactive agents out of partners, neighbourhoods and audiences "
+                                 "(their values are not to be read)"),
+    ("policies", ShowsTheCrowd, "express() lets an absent agent (state.active False: agent 3 of world 1) influence "
+                                "the others; leave inactive agents out of partners, neighbourhoods and audiences "
+                                "(their values are not to be read)"),
+    ("protocols", MovesTheAbsent, "step() moved an absent agent (state.active False); leave inactive agents' "
+                                  "values as they are"),
+    ("protocols", UnbatchedCarry, "start() must return a dict of tensors with a leading world axis [B, ...] (B=2)"),
+    ("protocols", AsksUndeclared, "step() asked for action 'volume' of group 'first', which action_spaces() does "
+                                  "not declare"),
     ("dynamics", WrongShape, "apply() returned shape [2, 12] but the contract is [B, N, K] = [2, 12, 3]"),
     ("dynamics", InPlace, "apply() modified its input `values` in place; work on a copy (e.g. .clone()) and return it"),
     ("dynamics", Float64, "apply() returned torch.float64; return the dtype of the values (torch.float32)"),

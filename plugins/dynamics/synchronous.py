@@ -39,7 +39,7 @@ class HegselmannKrause:
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
               rng: Streams) -> torch.Tensor:
-        shows = torch.where(world.honest[None, :, None], values, expressed)
+        shows = torch.where(world.honest[..., None], values, expressed)
         eps = world.params.confidence.to(torch.float32)
         metric = METRICS[self.params.distance]
         if self.params.kernel == "numba" or (self.params.kernel == "auto" and values.device.type == "cpu"):

@@ -126,7 +126,8 @@ class LLMPolicy:
         own = state.values[:, group.rows]
         shown = own.clone() if state.expressed is None else state.expressed[:, group.rows].clone()
         step = state.step + 1
-        speaking = self._speakers(world, group, step, rng)
+        # absent agents speak to no model
+        speaking = self._speakers(world, group, step, rng) & state.active[:, group.rows].cpu()
         where = speaking.nonzero().tolist()
         if not where:
             return PolicyOutput(shown, [])
@@ -198,8 +199,11 @@ class LLMPolicy:
         measured = state.values[:, group.rows].clone()
         events, batches = [], []
         every_seed = rng.integers(f"llm/{group.name}/questionnaire", 2**31 - 1, (world.b, group.size)).cpu()
+        present = state.active[:, group.rows].cpu()
         for b in range(world.b):
             for a in range(group.size):
+                if not present[b, a]:  # an absent agent is asked nothing
+                    continue
                 seed = int(every_seed[b, a])
                 batches.append((b, a, self._questionnaire.requests(
                     system, seed=seed, tag={"world": b, "agent": group.start + a, "step": state.step},

@@ -26,8 +26,13 @@ from .schema import PluginRef
 
 def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
                      seed: int | None = None, network: np.ndarray | None = None,
+                     streams: list[int] | torch.Tensor | None = None,
                      context: dict[str, Any] | None = None, measure: bool = True) -> Simulation:
     """Build the world of ``scenario`` (B = ``worlds`` or the scenario's ``worlds``) on ``device``.
+
+    World b runs on stream b unless ``streams`` names each world's stream
+    (then B = len(streams)): ``streams=[3]`` is world 3 of any batch, alone;
+    ``streams=[0, 0]`` is a pair of twins.
 
     ``network`` (an ``[E, 2]`` edge array) replaces the scenario's network,
     for benchmarks that give several tools the very same graph.
@@ -41,9 +46,14 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
         raise ScenarioError("--device cuda was asked for, but this torch build sees no CUDA device "
                             "(see the README for installing a CUDA build of torch)")
     spec = scenario.spec
-    b = worlds or spec.worlds
     run_seed = spec.seed if seed is None else seed
-    rng = Streams.of(run_seed, b, device)
+    if streams is not None:
+        rng = Streams.of(run_seed, list(streams) if not torch.is_tensor(streams) else streams, device)
+        if worlds is not None and worlds != rng.b:
+            raise ValueError(f"worlds={worlds} but {rng.b} streams were given")
+    else:
+        rng = Streams.of(run_seed, worlds or spec.worlds, device)
+    b = rng.b
     groups = layout(scenario)
     n = groups[-1].stop
     if network is None:
@@ -53,6 +63,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     init = initial_values(scenario, rng.at(-1))
     params = agent_params(scenario, rng.at(-1))
     policies = [(g.policy.name, instantiate("policies", g.policy)) for g in spec.population]
+    baselines = [(ref.name, instantiate("policies", ref))
+                 for ref in (g.baseline or PluginRef(name="honest") for g in spec.population)]
     honest = torch.cat([torch.full((grp.size,), getattr(p, "expresses_own_values", False), dtype=torch.bool)
                         for grp, (_, p) in zip(groups, policies)])
     group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
@@ -61,18 +73,45 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                   context={"seed": run_seed, **(context or {})})
     state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
     _prepare_policies(scenario, world, policies)
+    _prepare_policies(scenario, world, baselines, field="baseline")
     dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]
-    _check_parameters_used(scenario, [d for _, d in dynamics])
+    _check_parameters_used(scenario, [d for _, d in dynamics] + [registry.get("protocols", r.name)
+                                                                  for r in spec.protocols])
     simulation = Simulation(scenario=scenario, world=world, state=state, rng=rng, dynamics=dynamics,
                             policies=policies, stop_tolerance=spec.stop.tolerance,
                             metrics=[(ref.name, instantiate("metrics", ref)) for ref in spec.metrics],
-                            metric_carry=[None] * len(spec.metrics))
+                            metric_carry=[None] * len(spec.metrics), baselines=baselines,
+                            protocols=[(key, instantiate("protocols", ref))
+                                       for key, ref in zip(protocol_keys(spec.protocols), spec.protocols)],
+                            redraw=lambda fresh: (initial_values(scenario, fresh).to(device),
+                                                  agent_params(scenario, fresh).to(device)))
+    _start_protocols(scenario, simulation)
     if measure:
         simulation.measure_at_build()
     return simulation
 
 
-def _prepare_policies(scenario: Scenario, world: World, policies) -> None:
+def protocol_keys(refs: list[PluginRef]) -> list[str]:
+    """Each protocol's name in ``state.protocols``: its plugin name, then ``<name>_2``, ... for repeats."""
+    seen: dict[str, int] = {}
+    keys = []
+    for ref in refs:
+        seen[ref.name] = seen.get(ref.name, 0) + 1
+        keys.append(ref.name if seen[ref.name] == 1 else f"{ref.name}_{seen[ref.name]}")
+    return keys
+
+
+def _start_protocols(scenario: Scenario, simulation: Simulation) -> None:
+    """Each protocol's state at step 0; a protocol refusing the world (a group it needs is missing) is a
+    scenario error at its entry."""
+    for i, (name, _) in enumerate(simulation.protocols):
+        try:
+            simulation.start_protocols(only=name)
+        except (ValueError, ValuesimError) as exc:
+            raise scenario.error(f"protocols[{i}]", f"{name}: {exc}") from None
+
+
+def _prepare_policies(scenario: Scenario, world: World, policies, field: str = "policy") -> None:
     """Let each policy refuse a world it cannot serve (optional ``prepare``), as a scenario error."""
     for i, (group, (name, policy)) in enumerate(zip(world.groups, policies)):
         prepare = getattr(policy, "prepare", None)
@@ -83,9 +122,9 @@ def _prepare_policies(scenario: Scenario, world: World, policies) -> None:
         except ScenarioError as exc:
             if exc.location is not None:
                 raise
-            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
+            raise scenario.error(f"population[{i}].{field}", f"{name}: {exc}") from None
         except (ValueError, ValuesimError) as exc:  # a policy or its backend refusing this world
-            raise scenario.error(f"population[{i}].policy", f"{name}: {exc}") from None
+            raise scenario.error(f"population[{i}].{field}", f"{name}: {exc}") from None
 
 
 def _device(name: str | torch.device) -> torch.device:

@@ -141,11 +141,17 @@ def _load_plugin_files(spec: ScenarioSpec, source: Source, base_dir: Path) -> No
 
 
 def _resolve_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> GroupSpec:
+    if group.kind == "rl":  # refused rather than run as a human group: nothing would train it
+        raise _error(source, ("population", i, "kind"),
+                     "must be human, llm or ai, got 'rl' (groups trained by reinforcement learning are not "
+                     "supported yet)")
     if group.persona is None:
         if group.backend is not None:
             raise _error(source, ("population", i, "backend"), "a backend is for groups with a persona")
-        return group.model_copy(update={"policy": _resolve_ref("policies", group.policy, ("population", i, "policy"),
-                                                                 source)})
+        return group.model_copy(update={
+            "policy": _resolve_ref("policies", group.policy, ("population", i, "policy"), source),
+            "baseline": None if group.baseline is None else _resolve_ref("policies", group.baseline,
+                                                                         ("population", i, "baseline"), source)})
     return _persona_group(group, i, source, base_dir)
 
 
@@ -201,9 +207,10 @@ def _resolve_plugins(spec: ScenarioSpec, source: Source, base_dir: Path) -> Scen
         ("network", "params"), source)})
     dynamics = [_resolve_ref("dynamics", ref, ("dynamics", i), source) for i, ref in enumerate(spec.dynamics)]
     metrics = [_resolve_ref("metrics", ref, ("metrics", i), source) for i, ref in enumerate(spec.metrics)]
+    protocols = [_resolve_ref("protocols", ref, ("protocols", i), source) for i, ref in enumerate(spec.protocols)]
     population = [_resolve_group(g, i, source, base_dir) for i, g in enumerate(spec.population)]
     return spec.model_copy(update={"network": network, "dynamics": dynamics, "metrics": metrics,
-                                   "population": population})
+                                   "protocols": protocols, "population": population})
 
 
 def _resolve_ref(kind: str, ref: PluginRef, path: tuple, source: Source) -> PluginRef:

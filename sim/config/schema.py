@@ -146,6 +146,9 @@ class GroupSpec(Strict):
     anchoring: AgentParam(AGENT_PARAMETERS["anchoring"]) = Constant(value=0.0)
     zealots: UnitFloat = 0.0
     policy: PluginRef = PluginRef(name="honest")
+    baseline: PluginRef | None = None
+    """The policy the group's agents act by in worlds where they do not use their own (``state.own_policy``
+    False: a Shapley null, a counterfactual); None means ``honest`` when one is needed."""
     persona: str | dict[str, Any] | None = None
     """An LLM persona: the name of ``agents/<name>.yaml``, or ``{name: ..., field: override}``."""
     backend: PluginRef | None = None
@@ -223,6 +226,8 @@ class ScenarioSpec(Strict):
     dynamics: list[PluginRef] = Field(default_factory=lambda: [PluginRef(name="deffuant")])
     metrics: list[PluginRef] = Field(
         default_factory=lambda: [PluginRef(name=m) for m in ("mean_values", "drift", "polarization", "clusters")])
+    protocols: list[PluginRef] = Field(default_factory=list)
+    """Step 1 of every step: who meets whom beyond pairwise influence (``broadcast``, ...), in order."""
     stop: StopSpec = StopSpec()
     log: LogSpec = LogSpec()
 

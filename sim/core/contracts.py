@@ -25,7 +25,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, runtime_checkable
+from typing import Protocol as _Contract
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class NoParams(PluginParams):
 
 
 @runtime_checkable
-class Dynamics(Protocol):
+class Dynamics(_Contract):
     """How internal values change given what agents expressed.
 
     ``apply`` returns the new values ``[B, N, K]`` (a new tensor; the input is
@@ -102,7 +103,7 @@ class Reading:
 
 
 @runtime_checkable
-class Metric(Protocol):
+class Metric(_Contract):
     """An observer of the state.
 
     ``observe(state, world, carry, rng)`` returns ``(readings, carry)``.
@@ -134,7 +135,7 @@ class NetworkRequest:
 
 
 @runtime_checkable
-class NetworkGenerator(Protocol):
+class NetworkGenerator(_Contract):
     """Builds the graph of who can influence whom.
 
     ``build(request)`` returns a ``networkx.Graph`` on nodes ``0..N-1`` or an
@@ -160,7 +161,7 @@ class PolicyOutput:
 
 
 @runtime_checkable
-class Policy(Protocol):
+class Policy(_Contract):
     """What a group's agents express at a step.
 
     ``express(state, world, group, rng)`` returns ``[B, group.size, K]``
@@ -184,6 +185,14 @@ class Policy(Protocol):
     measured now (an LLM persona's questionnaire); the engine calls it when the
     world is built and after every step, and writes what it returns into the
     group's values.
+
+    Optional: ``act(state, world, group, rng, action, space)`` answers a
+    protocol's request for an action (see :class:`Protocol`): a tensor
+    ``[B, group.size, *space.shape]`` of values in the Gymnasium ``space``. A
+    policy without ``act`` leaves the protocol to its default.
+
+    Absent agents (``state.active`` False) are never heard: what a policy
+    returns for them is ignored, and an LLM policy does not let them speak.
     """
 
     Params: ClassVar[type[BaseModel]]
@@ -191,3 +200,52 @@ class Policy(Protocol):
     def express(
         self, state: State, world: World, group: Group, rng: Streams,
     ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ProtocolOutput:
+    """What a protocol's ``step`` returns.
+
+    - ``values``: the new values ``[B, N, K]`` if the protocol moved any by its
+      own rule (a new tensor), else ``None``;
+    - ``carry``: its batched state for the next step (a dict of tensors with a
+      leading B, on the values' device; saved in checkpoints; outcomes that
+      metrics read live here, at ``state.protocols[name]``);
+    - ``events``: JSON-ready dicts for the run log (the engine adds the step
+      and the protocol's name).
+    """
+
+    values: torch.Tensor | None
+    carry: dict[str, torch.Tensor]
+    events: list[dict[str, Any]]
+
+
+@runtime_checkable
+class Protocol(_Contract):
+    """Who meets whom, when, and what counts as an outcome: step 1 of the engine's step.
+
+    - ``start(world, rng)`` returns the protocol's batched state at step 0:
+      a dict of tensors, each with a leading B (draws use ``rng`` at step -1);
+    - ``action_spaces(world)`` declares what the protocol may ask groups to
+      decide: ``{(group name, action name): gymnasium.spaces.Space}`` (an RL
+      environment trains exactly these);
+    - ``step(values, state, world, carry, rng, ask)`` acts (at its own
+      cadence: it may do nothing on most steps) and returns a
+      :class:`ProtocolOutput`. ``ask(group, action)`` gives a declared
+      action of a group's agents, ``[B, group.size, *space.shape]``: written
+      in from outside (an RL environment), else from the group policy's
+      ``act``, else ``None`` (the protocol's default applies);
+      ``ask(group, "express")`` gives what the group's agents show this step.
+
+    A protocol never addresses or hears an absent agent (``state.active``
+    False) and does not move its values; ``sim.checks`` verifies both.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+
+    def start(self, world: World, rng: Streams) -> dict[str, torch.Tensor]: ...
+
+    def action_spaces(self, world: World) -> dict[tuple[str, str], Any]: ...
+
+    def step(self, values: torch.Tensor, state: State, world: World, carry: dict[str, torch.Tensor],
+             rng: Streams, ask: Any) -> ProtocolOutput: ...

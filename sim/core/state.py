@@ -104,9 +104,16 @@ class World:
     params: AgentParams
     initial: torch.Tensor  # [B, N, K] values at step 0
     group_index: torch.Tensor  # [N] int64: the group of each agent
-    honest: torch.Tensor  # [N] bool: the agent's policy shows its current values (dynamics read them live)
+    # [B or 1, N] bool: in that world the agent's policy shows its current values, which the dynamics then
+    # read live (an [N] tensor given here is taken as [1, N]); it is [B, N] only when worlds differ in it
+    # (an agent acting by its own policy in one world and by a baseline in another).
+    honest: torch.Tensor
     # Run-level services for plugins that need them (``seed``, ``llm_cache``, ``llm_cache_mode``).
     context: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.honest.dim() == 1:
+            object.__setattr__(self, "honest", self.honest[None])
 
     @property
     def b(self) -> int:
@@ -130,7 +137,20 @@ class World:
 
 @dataclass
 class State:
-    """What a step changes: ``values`` [B, N, K] in [0, 1], ``active`` [B, N] bool, ``step``."""
+    """What a step changes.
+
+    - ``values`` [B, N, K] in [0, 1]: every agent's internal values;
+    - ``active`` [B, N] bool: who takes part in each world. An inactive agent
+      is absent: never matched, never heard, not counted, frozen (the engine
+      enforces it; see ``sim.core.engine``);
+    - ``own_policy`` [B, N] bool: whether the agent acts by its group's own
+      policy (True) or the group's baseline policy in that world;
+    - ``step``: how many steps the batch has taken; ``world_step`` [B] int64:
+      each world's own step count, which restarts at 0 when the world is reset
+      (``Simulation.reset_worlds``); random draws follow ``world_step``;
+    - ``protocols``: each protocol's batched state by protocol name (tensors
+      with a leading B), including the outcomes metrics read.
+    """
 
     values: torch.Tensor
     active: torch.Tensor
@@ -139,7 +159,15 @@ class State:
     converged_at: torch.Tensor = field(default=None)  # type: ignore[assignment]
     # What every agent showed in the last step ([B, N, K]); None until a non-honest policy has run.
     expressed: torch.Tensor | None = None
+    world_step: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    own_policy: torch.Tensor = field(default=None)  # type: ignore[assignment]
+    protocols: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        b, n = self.values.shape[:2]
         if self.converged_at is None:
-            self.converged_at = torch.full((self.values.shape[0],), -1, dtype=torch.int64)
+            self.converged_at = torch.full((b,), -1, dtype=torch.int64)
+        if self.world_step is None:
+            self.world_step = torch.full((b,), self.step, dtype=torch.int64, device=self.values.device)
+        if self.own_policy is None:
+            self.own_policy = torch.ones((b, n), dtype=torch.bool, device=self.values.device)

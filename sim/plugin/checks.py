@@ -2,8 +2,8 @@
 
 :func:`check_plugin` is what the registry runs right after importing a plugin:
 static checks only, so a broken plugin is reported when it is loaded. Plugin
-authors call :func:`check_policy`, :func:`check_dynamics`, :func:`check_metric`
-and :func:`check_network` in their tests: the same checks, then the plugin run
+authors call :func:`check_policy`, :func:`check_dynamics`, :func:`check_metric`,
+:func:`check_network` and :func:`check_protocol` in their tests: the same checks, then the plugin run
 on :func:`tiny_world`. A failure is a :class:`~sim.errors.PluginError` reading
 ``"<kind> plugin '<name>' from <origin>: <what is wrong and how to fix it>"``
 (the per-kind checks name the plugin by its ``module:qualname``).
@@ -37,8 +37,14 @@ CONTRACTS = {
     "metrics": ("observe", ("state", "world", "carry", "rng")),
     "networks": ("build", ("request",)),
     "policies": ("express", ("state", "world", "group", "rng")),
+    "protocols": ("step", ("values", "state", "world", "carry", "rng", "ask")),
 }
-OPTIONAL_METHODS = {"policies": {"prepare": ("world", "group")}}
+# further methods a kind must have (beyond its working method)
+REQUIRED_METHODS = {"protocols": {"start": ("world", "rng"), "action_spaces": ("world",)}}
+OPTIONAL_METHODS = {
+    "policies": {"prepare": ("world", "group"), "act": ("state", "world", "group", "rng", "action", "space")},
+    "metrics": {"reset": ("carry", "worlds")},
+}
 PER_AGENT_PARAMETERS = tuple(AGENT_PARAMETERS)
 
 B, N, K = 2, 12, 3
@@ -95,9 +101,11 @@ def _check_static(kind: str, obj: Any) -> None:
     _check_init(obj)
     if kind in CONTRACTS:
         _check_method(obj, *CONTRACTS[kind], required=True)
+    for method, names in REQUIRED_METHODS.get(kind, {}).items():
+        _check_method(obj, method, names, required=True)
     for method, names in OPTIONAL_METHODS.get(kind, {}).items():
         _check_method(obj, method, names, required=False)
-    if kind == "dynamics":
+    if kind in ("dynamics", "protocols"):
         _check_uses(obj)
     if kind == "policies" and hasattr(obj, "expresses_own_values"):
         flag = obj.expresses_own_values
@@ -194,6 +202,7 @@ def tiny_world() -> tuple[World, State]:
 
     Values have moved from the initial ones; the first group is honest; the
     rate is per world ([B, N]), the other per-agent parameters broadcast ([1, N]).
+    One protocol has run: ``state.protocols["checked"]["count"]`` is ``[3, 5]``.
     """
     generator = torch.Generator().manual_seed(SEED)
     initial = torch.rand((B, N, K), generator=generator)
@@ -203,7 +212,8 @@ def tiny_world() -> tuple[World, State]:
     world = World(space=ValueSpace("check", tuple(f"d{i}" for i in range(K))), groups=GROUPS,
                   network=edges_to_network(N, ring), params=params, initial=initial,
                   group_index=torch.repeat_interleave(torch.arange(2), 6), honest=torch.arange(N) < 6)
-    state = State(values=torch.rand((B, N, K), generator=generator), active=torch.ones((B, N), dtype=torch.bool))
+    state = State(values=torch.rand((B, N, K), generator=generator), active=torch.ones((B, N), dtype=torch.bool),
+                  protocols={"checked": {"count": torch.tensor([3, 5])}})
     return world, state
 
 
@@ -240,6 +250,8 @@ def _call(label: str, run: Callable[[], Any], inputs: dict[str, torch.Tensor]) -
     before = {name: tensor.clone() for name, tensor in inputs.items()}
     try:
         out = run()
+    except _Failure:  # a check made inside the run (an action asked of the checker)
+        raise
     except Exception as error:
         raise _Failure(f"{label} raised {_one_line(error)} on {WORLD_TEXT}") from None
     for name, copy in before.items():
@@ -306,6 +318,41 @@ def _unit_tensor(label: str, out: Any, shape: tuple[int, ...], contract: str, li
     return out
 
 
+# An agent that is absent from one world: its values are changed wildly in a twin state, and nothing
+# any other agent gets may change (it is never matched, never heard, not counted).
+ABSENT = (1, 3)  # (world, agent)
+
+
+def _absent_twins(state: State) -> tuple[State, State]:
+    """Two copies of ``state`` with agent ``ABSENT`` inactive; in the second its values are mirrored."""
+    active = state.active.clone()
+    active[ABSENT] = False
+    first = State(values=state.values.clone(), active=active)
+    mirrored = state.values.clone()
+    mirrored[ABSENT] = 1 - mirrored[ABSENT]
+    return first, State(values=mirrored, active=active.clone())
+
+
+def _expressed(out: Any) -> torch.Tensor:
+    return out.expressed if isinstance(out, PolicyOutput) else out
+
+
+def _check_absent_unheard(label: str, state: State, run: Callable[[State], torch.Tensor],
+                          rows: slice = slice(None)) -> None:
+    """What ``run`` returns for every agent but the absent one does not depend on the absent agent's values."""
+    first, second = _absent_twins(state)
+    a, b = run(first), run(second)
+    keep = torch.ones(a.shape[:2], dtype=torch.bool)
+    world, agent = ABSENT
+    start = rows.start or 0
+    if start <= agent < start + a.shape[1]:
+        keep[world, agent - start] = False
+    if not torch.equal(a[keep], b[keep]):
+        raise _Failure(f"{label} lets an absent agent (state.active False: agent {agent} of world {world}) "
+                       "influence the others; leave inactive agents out of partners, neighbourhoods and "
+                       "audiences (their values are not to be read)")
+
+
 # ---------------------------------------------------------------- per-kind checks
 
 
@@ -317,10 +364,12 @@ def check_dynamics(cls: type, params: dict | None = None) -> None:
         plugin = _instantiate("dynamics", cls, params, "check_dynamics")
         world, state = tiny_world()
         # The second group is not honest: it shows a policy's vector.
-        expressed = torch.where(world.honest[None, :, None], state.values, 1 - state.values)
+        expressed = torch.where(world.honest[..., None], state.values, 1 - state.values)
         _run("apply()", lambda: plugin.apply(state.values, expressed, state, world, _streams()),
              _inputs(world, state, values=state.values, expressed=expressed),
              lambda out: [_unit_tensor("apply()", out, (B, N, K), "[B, N, K]", state.values)])
+        _check_absent_unheard("apply()", state, lambda st: plugin.apply(
+            st.values, torch.where(world.honest[..., None], st.values, 1 - st.values), st, world, _streams()))
 
 
 def check_policy(cls: type, params: dict | None = None) -> None:
@@ -349,6 +398,8 @@ def check_policy(cls: type, params: dict | None = None) -> None:
 
             _run("express()", lambda group=group: plugin.express(state, world, group, _streams()),
                  _inputs(world, state), check)
+            _check_absent_unheard("express()", state, lambda st, group=group: _expressed(
+                plugin.express(st, world, group, _streams())), rows=group.rows)
 
 
 def check_metric(cls: type, params: dict | None = None) -> None:
@@ -418,3 +469,81 @@ def _edges(built: Any) -> list[torch.Tensor]:
         what = "graph" if is_graph else "edge array"
         raise _Failure(f"build() returned an unusable {what} for N={N}: {' '.join(str(error).split())}") from None
     return [network.rowptr, network.col]
+
+
+def check_protocol(cls: type, params: dict | None = None) -> None:
+    """Static checks, then ``start``, ``action_spaces`` and ``step`` on :func:`tiny_world`.
+
+    start returns a dict of tensors with a leading B; action_spaces maps (group, action) to Gymnasium spaces;
+    step returns a :class:`~sim.contracts.ProtocolOutput` (new values [B, N, K] in [0, 1] or None, a carry like
+    start's, events as dicts), changes none of its inputs, repeats from the same random streams, works whether
+    the groups' policies answer its actions or not, and neither moves nor hears an absent agent.
+    """
+    from gymnasium.spaces import Space
+
+    with _reporting("protocols", *_identity(cls)):
+        plugin = _instantiate("protocols", cls, params, "check_protocol")
+        world, state = tiny_world()
+        carry = _call("start()", lambda: plugin.start(world, _streams().at(-1)), _inputs(world, state))
+        _batched("start()", carry)
+        spaces = _call("action_spaces()", lambda: plugin.action_spaces(world), {})
+        if not isinstance(spaces, dict) or not all(
+                isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)
+                and isinstance(space, Space) for key, space in spaces.items()):
+            raise _Failure("action_spaces() must return {(group name, action name): gymnasium.spaces.Space}")
+        state.protocols = {"checked": carry}
+        for answered in (False, True):  # the policies give no action, then a sample of each space
+            def step(st: State, answered=answered) -> Any:
+                return plugin.step(st.values, st, world, copy.deepcopy(carry), _streams(),
+                                   _asker(world, st, spaces, answered))
+
+            _run("step()", lambda: step(state), _inputs(world, state), lambda out: _protocol_output(out, state))
+            _check_absent_unheard("step()", state, lambda st: _moved_or_same(step(st), st))
+            first, _ = _absent_twins(state)
+            after = _moved_or_same(step(first), first)
+            if not torch.equal(after[ABSENT], first.values[ABSENT]):
+                raise _Failure("step() moved an absent agent (state.active False); leave inactive agents' "
+                               "values as they are")
+
+
+def _moved_or_same(out: Any, state: State) -> torch.Tensor:
+    return out.values if out.values is not None else state.values
+
+
+def _asker(world: World, state: State, spaces: dict, answered: bool):
+    """The ``ask`` a protocol gets: a group's expression (its current values), or a seeded sample of a space."""
+    def ask(group: str, action: str):
+        rows = world.group(group).rows
+        if action == "express":
+            return state.values[:, rows]
+        if (group, action) not in spaces:
+            raise _Failure(f"step() asked for action {action!r} of group {group!r}, which action_spaces() "
+                           "does not declare")
+        if not answered:
+            return None
+        space = spaces[(group, action)]
+        space.seed(SEED)
+        samples = [[space.sample() for _ in range(rows.stop - rows.start)] for _ in range(world.b)]
+        return torch.as_tensor(np.array(samples))
+    return ask
+
+
+def _batched(label: str, carry: Any) -> None:
+    if not isinstance(carry, dict) or not all(isinstance(k, str) and torch.is_tensor(v) and v.dim() >= 1
+                                              and v.shape[0] == B for k, v in carry.items()):
+        raise _Failure(f"{label} must return a dict of tensors with a leading world axis [B, ...] (B={B})")
+
+
+def _protocol_output(out: Any, state: State) -> list[torch.Tensor]:
+    from ..core.contracts import ProtocolOutput
+
+    if not isinstance(out, ProtocolOutput):
+        raise _Failure(f"step() returned a {type(out).__name__}; return sim.contracts.ProtocolOutput(values, carry, "
+                       "events)")
+    _batched("step() (its carry)", out.carry)
+    if not all(isinstance(e, dict) for e in out.events):
+        raise _Failure("step() returned ProtocolOutput.events that are not all dicts")
+    tensors = list(out.carry.values())
+    if out.values is not None:
+        tensors.append(_unit_tensor("step()", out.values, (B, N, K), "[B, N, K]", state.values))
+    return tensors

@@ -375,7 +375,7 @@ class $class_name:
               rng: Streams) -> torch.Tensor:
         """The new values ``[B, N, K]``; draw any randomness from ``rng`` (a purpose of your own), never global state."""
         # Honest agents show their live values (an earlier dynamics of this step may have moved them).
-        shown = torch.where(world.honest[None, :, None], values, expressed)
+        shown = torch.where(world.honest[..., None], values, expressed)
         active = state.active[..., None]  # [B, N, 1]
         weight = active.to(values.dtype)
         mean = (shown * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp(min=1)
