@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     npl = nw_sub.add_parser("plugin", help="an installable plugin package: a working example, its tests, a README",
                             epilog="example:\n  valuesim new plugin policy my_policy   # writes ./valuesim-my-policy/",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    npl.add_argument("kind", help="policy, dynamics, metric or network")
+    npl.add_argument("kind", help="policy, dynamics, metric, network or protocol")
     npl.add_argument("name", help="the plugin's name in scenarios, a Python identifier (e.g. my_policy)")
     npl.add_argument("--dir", default=".", help="where to create valuesim-<name>/ (default: the current directory)")
 

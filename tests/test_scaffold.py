@@ -25,9 +25,10 @@ try:
 except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
-KINDS = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network"}
+KINDS = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network",
+         "protocols": "protocol"}
 CHECKS = {"policies": checks.check_policy, "dynamics": checks.check_dynamics, "metrics": checks.check_metric,
-          "networks": checks.check_network}
+          "networks": checks.check_network, "protocols": checks.check_protocol}
 
 
 def load_module(name: str, path: Path, monkeypatch):

@@ -168,6 +168,18 @@ class Simulation:
                 raise ValueError(f"actions for unknown group {name!r} (groups: {', '.join(sorted(known))})")
             if not isinstance(given, Mapping):
                 raise TypeError(f"actions[{name!r}] must map action names to tensors, got {type(given).__name__}")
+            allowed = self.action_names(name)
+            for action in given:
+                if action not in allowed:
+                    raise ValueError(f"actions[{name!r}] names {action!r}, which no protocol asks of group "
+                                     f"{name!r} (its actions: {', '.join(allowed)})")
+
+    def action_names(self, group: str) -> list[str]:
+        """What can be written in for ``group`` at a step: ``express`` and the protocols' declared actions."""
+        names = ["express"]
+        for _, protocol in self.protocols:
+            names += [action for (g, action) in protocol.action_spaces(self.world) if g == group]
+        return names
 
     def _express(self, rng: Streams) -> torch.Tensor:
         if bool(self.world.honest.all()) and not self._actions_for("express"):

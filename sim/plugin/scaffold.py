@@ -34,8 +34,10 @@ KIND_WORDS = {
     "dynamics": "dynamics", "dynamic": "dynamics",
     "metric": "metrics", "metrics": "metrics",
     "network": "networks", "networks": "networks",
+    "protocol": "protocols", "protocols": "protocols",
 }
-SINGULAR = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network"}
+SINGULAR = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network",
+            "protocols": "protocol"}
 # Starts with a letter and ends with a letter or digit, so that the distribution name is valid too.
 NAME_PATTERN = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?")
 
@@ -43,7 +45,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?")
 def scaffold_plugin(kind: str, name: str, directory: Path | str = ".") -> Path:
     """Write the plugin package ``<directory>/valuesim-<name>/`` and return its path.
 
-    ``kind``: ``policies``, ``dynamics``, ``metrics`` or ``networks`` (or the
+    ``kind``: ``policies``, ``dynamics``, ``metrics``, ``networks`` or ``protocols`` (or the
     singular word). ``name``: the plugin's name in scenarios, a Python
     identifier such as ``my_policy``. Raises :class:`ValuesimError` for a bad
     kind or name, a name an installed plugin of that kind already has, or a
@@ -80,7 +82,7 @@ def normalise_kind(kind: str) -> str:
         return KIND_WORDS[word]
     close = difflib.get_close_matches(word, list(KIND_WORDS), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValuesimError(f"cannot make a plugin of kind {kind!r}{hint} (kinds: policy, dynamics, metric, network)")
+    raise ValuesimError(f"cannot make a plugin of kind {kind!r}{hint} (kinds: policy, dynamics, metric, network, protocol)")
 
 
 def check_name(name: str) -> None:
@@ -107,7 +109,7 @@ def _refuse_taken_name(kind: str, name: str) -> None:
 
 # Names the templates import: a plugin class must not shadow them (``reading`` -> ``ReadingPlugin``).
 IMPORTED_NAMES = {"Annotated", "Any", "ClassVar", "Group", "Interval", "NetworkRequest", "PluginParams", "Reading",
-                  "State", "Streams", "World"}
+                  "State", "Streams", "World", "ProtocolOutput", "masked_mean"}
 
 
 def class_name_for(name: str) -> str:
@@ -523,4 +525,92 @@ network:
   params: {links: 3}''',
 )
 
-TEMPLATES = {"policies": POLICY, "dynamics": DYNAMICS, "metrics": METRIC, "networks": NETWORK}
+PROTOCOL = KindTemplate(
+    plugin='''\
+"""The ``$name`` protocol: who meets whom, when, and what came of it.
+
+A protocol (``sim.contracts.Protocol``) acts first in every step, before the
+groups express themselves and the dynamics run. It keeps its own batched state
+(tensors with a leading world axis B, saved in checkpoints), may move values by
+its own rule, may ask groups for actions it declares as Gymnasium spaces, and
+records outcomes there that metrics can read (``protocol_outcome``). It never
+addresses or moves an absent agent (``state.active`` False).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import torch
+
+from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World
+from sim.core.ops import masked_mean
+
+
+class $class_name:
+    """Every ``every`` steps the present agents of a group meet, and each moves toward their mean.
+
+    At a meeting every present member moves ``strength`` of the way toward the
+    present members' mean values. The outcome ``meetings`` counts them per world.
+    """
+
+    class Params(PluginParams):
+        """Validated from the scenario: ``protocols: [{$name: {group: people, every: 5}}]``."""
+
+        group: str | None = None
+        """The group that meets; None: everyone."""
+        every: Annotated[int, Interval(ge=1)] = 5
+        """Meet every this many steps (of each world)."""
+        strength: Annotated[float, Interval(ge=0, le=1)] = 0.1
+        """Share of the way toward the meeting's mean that each member moves."""
+
+    uses: ClassVar[tuple[str, ...]] = ()  # per-agent parameters it reads (confidence, rate, anchoring)
+
+    def __init__(self, params: Params):
+        self.params = params  # configuration only: state and random streams are passed in
+
+    def _rows(self, world: World) -> slice:
+        if self.params.group is None:
+            return slice(0, world.n)
+        names = [g.name for g in world.groups]
+        if self.params.group not in names:  # shown as a scenario error when the world is built
+            raise ValueError(f"group must name a group ({', '.join(names)}), got {self.params.group!r}")
+        return world.group(self.params.group).rows
+
+    def start(self, world: World, rng: Streams) -> dict[str, torch.Tensor]:
+        """The protocol's state at step 0: one counter per world."""
+        self._rows(world)
+        return {"meetings": torch.zeros(world.b, dtype=torch.int64, device=world.device)}
+
+    def action_spaces(self, world: World) -> dict:
+        """What it may ask groups to decide: nothing (e.g. ``{("people", "attend"): Discrete(2)}``)."""
+        return {}
+
+    def step(self, values, state: State, world: World, carry, rng: Streams, ask) -> ProtocolOutput:
+        """Meet where it is time to, in every world at once."""
+        rows = self._rows(world)
+        due = (state.world_step + 1) % self.params.every == 0  # [B]
+        members = values[:, rows]
+        present = state.active[:, rows]
+        centre = masked_mean(members, present).nan_to_num(0.5)[:, None]  # [B, 1, K]
+        moving = (present & due[:, None])[..., None]
+        moved = torch.where(moving, members + self.params.strength * (centre - members), members)
+        new = values.clone()
+        new[:, rows] = moved
+        return ProtocolOutput(values=new, carry={"meetings": carry["meetings"] + due.long()}, events=[])
+''',
+    scenario_change='''\
+SCENARIO["protocols"] = [{"$name": {"every": 2}}]
+SCENARIO["metrics"] = ["mean_values", {"protocol_outcome": {"protocol": "$name", "outcome": "meetings"}}]
+''',
+    scenario_check='''\
+    meetings = run.metrics().query("metric == '$name.meetings'")
+    assert meetings["value"].max() == 10  # 20 steps, a meeting every 2
+''',
+    usage='''\
+protocols:
+  - $name: {group: people, every: 5, strength: 0.1}
+metrics: [mean_values, {protocol_outcome: {protocol: $name, outcome: meetings}}]''',
+)
+
+TEMPLATES = {"policies": POLICY, "dynamics": DYNAMICS, "metrics": METRIC, "networks": NETWORK, "protocols": PROTOCOL}

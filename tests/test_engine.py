@@ -1,0 +1,184 @@
+"""The engine driven from outside: streams per world, absent agents, baselines, actions, resets, protocols."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sim
+from sim.runs.checkpoint import load_checkpoint, save_checkpoint
+
+
+def _scenario(**changes):
+    data = {
+        "name": "engine", "seed": 5, "steps": 10, "values": ["a", "b"],
+        "network": {"generator": "erdos_renyi", "params": {"mean_degree": 6}},
+        "population": [
+            {"name": "people", "count": 120, "confidence": {"dist": "uniform", "low": 0.2, "high": 0.5}, "rate": 0.3},
+            {"name": "pushers", "count": 6, "policy": {"zealot": {"values": [0.95, 0.05]}}, "confidence": 0.3},
+        ],
+        "dynamics": ["deffuant", {"noise": {"sigma": 0.01}}],
+        "metrics": ["mean_values"],
+    }
+    data.update(changes)
+    return sim.scenario_from_dict(data)
+
+
+def test_world_b_of_a_batch_is_the_single_world_run_of_its_stream():
+    batch = sim.build(_scenario(), worlds=4)
+    alone = sim.build(_scenario(), streams=[2])
+    batch.advance(8)
+    alone.advance(8)
+    assert torch.equal(batch.state.values[2], alone.state.values[0])
+    assert not torch.equal(batch.state.values[1], batch.state.values[2])
+    twins = sim.build(_scenario(), streams=[3, 3])
+    twins.advance(8)
+    assert torch.equal(twins.state.values[0], twins.state.values[1])
+
+
+def test_absent_agents_are_frozen_and_the_rest_go_on():
+    simulation = sim.build(_scenario(dynamics=["deffuant", "friedkin_johnsen", {"noise": {"sigma": 0.05}},
+                                               "hegselmann_krause"]), worlds=2)
+    absent = torch.zeros_like(simulation.state.active)
+    absent[1, :40] = True
+    simulation.state.active = ~absent
+    start = simulation.state.values.clone()
+    simulation.advance(5)
+    values = simulation.state.values
+    assert torch.equal(values[1, :40], start[1, :40])
+    assert not torch.equal(values[1, 40:120], start[1, 40:120])
+    assert not torch.equal(values[0, :40], start[0, :40])
+
+
+def test_a_baseline_policy_replaces_a_groups_own_in_the_worlds_that_say_so():
+    honest_pushers = _scenario(population=[
+        {"name": "people", "count": 120, "confidence": {"dist": "uniform", "low": 0.2, "high": 0.5}, "rate": 0.3},
+        {"name": "pushers", "count": 6, "confidence": 0.3}])
+    mixed = sim.build(_scenario(), worlds=2)
+    own = mixed.state.own_policy.clone()
+    own[1, 120:] = False  # world 1: the pushers act by their baseline (honest, the default)
+    mixed.state.own_policy = own
+    mixed.advance(6)
+    reference = sim.build(honest_pushers, streams=[1])
+    reference.advance(6)
+    assert torch.equal(mixed.state.values[1], reference.state.values[0])
+    zealots = sim.build(_scenario(), streams=[0])
+    zealots.advance(6)
+    assert torch.equal(mixed.state.values[0], zealots.state.values[0])
+
+
+def test_actions_written_in_replace_what_a_group_expresses():
+    simulation = sim.build(_scenario(dynamics=["deffuant"]), worlds=2)
+    free = sim.build(_scenario(dynamics=["deffuant"]), worlds=2)
+    shown = torch.zeros((2, 6, 2))  # the pushers now show (0, 0) in every world
+    for _ in range(5):
+        simulation.step(actions={"pushers": {"express": shown}})
+        free.step()
+    assert torch.equal(simulation.state.expressed[:, 120:], shown)
+    assert not torch.equal(simulation.state.values, free.state.values)
+    with pytest.raises(ValueError, match=r"actions\['pushers'\]\['express'\] must be a tensor of shape \[2, 6, 2\]"):
+        simulation.step(actions={"pushers": {"express": torch.zeros(6, 2)}})
+    with pytest.raises(ValueError, match="actions for unknown group 'nobody'"):
+        simulation.step(actions={"nobody": {"express": shown}})
+
+
+def test_a_reset_world_restarts_as_the_fresh_run_of_its_new_stream():
+    simulation = sim.build(_scenario(), worlds=3)
+    untouched = sim.build(_scenario(), worlds=3)
+    simulation.advance(4)
+    untouched.advance(4)
+    simulation.reset_worlds(torch.tensor([False, True, False]))
+    assert simulation.rng.stream.tolist() == [0, 3, 2] and simulation.state.world_step.tolist() == [4, 0, 4]
+    simulation.advance(5)
+    untouched.advance(5)
+    fresh = sim.build(_scenario(), streams=[3])
+    fresh.advance(5)
+    assert torch.equal(simulation.state.values[1], fresh.state.values[0])
+    assert torch.equal(simulation.world.params.confidence[1], fresh.world.params.confidence[0])
+    assert torch.equal(simulation.state.values[[0, 2]], untouched.state.values[[0, 2]])
+
+
+def test_per_world_parameters_make_a_sweep_of_one_batch():
+    sweep = sim.build(_scenario(), worlds=2)
+    n = sweep.world.n
+    sweep.set_params(confidence=torch.stack([torch.full((n,), 0.1), torch.full((n,), 0.45)]))
+    sweep.advance(6)
+    for world, bound in ((0, 0.1), (1, 0.45)):
+        point = sim.build(_scenario(population=[
+            {"name": "people", "count": 120, "confidence": bound, "rate": 0.3},
+            {"name": "pushers", "count": 6, "policy": {"zealot": {"values": [0.95, 0.05]}}, "confidence": bound}]),
+            streams=[world])
+        point.world.initial.copy_(sweep.world.initial[world:world + 1])  # the sweep's own initial draws
+        point.state.values = point.world.initial.clone()
+        point.advance(6)
+        assert torch.equal(sweep.state.values[world], point.state.values[0])
+    with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\], got 1.5"):
+        sweep.set_params(confidence=torch.full((1, n), 1.5))
+
+
+def _broadcast(**params):
+    return _scenario(dynamics=["friedkin_johnsen"], protocols=[{"broadcast": {"speakers": "pushers", **params}}],
+                     metrics=[{"protocol_outcome": {"protocol": "broadcast", "outcome": "reached"}}])
+
+
+def test_broadcast_reaches_present_listeners_at_its_cadence():
+    simulation = sim.build(_broadcast(share=0.5, every=2), worlds=2)
+    active = simulation.state.active.clone()
+    active[0, :30] = False
+    simulation.state.active = active
+    reached = []
+    for _ in range(6):
+        simulation.step()
+        reached.append(simulation.state.protocols["broadcast"]["reached"].tolist())
+    assert [r == [0, 0] for r in reached] == [True, False, True, False, True, False]
+    heard = simulation.state.protocols["broadcast"]["heard"]
+    assert int(heard[0, :30].sum()) == 0 and int(heard[0, 30:].sum()) > 0
+    assert 0.35 < sum(sum(r) for r in reached) / (3 * (90 + 120)) < 0.65
+
+
+def test_a_protocol_action_written_in_overrides_its_default():
+    simulation = sim.build(_broadcast(share=0.5), worlds=2)
+    simulation.step(actions={"pushers": {"share": torch.tensor([[0.0] * 6, [1.0] * 6])}})
+    assert simulation.state.protocols["broadcast"]["reached"].tolist() == [0, 120]
+    assert simulation.action_names("pushers") == ["express", "share"] and simulation.action_names("people") == \
+        ["express"]
+    with pytest.raises(ValueError, match=r"actions\['pushers'\] names 'volume', which no protocol asks of group "
+                                         r"'pushers' \(its actions: express, share\)"):
+        simulation.step(actions={"pushers": {"volume": torch.zeros(2, 6)}})
+
+
+def test_a_protocol_naming_a_missing_group_is_a_scenario_error():
+    with pytest.raises(sim.ScenarioError, match=r"protocols\[0\]: broadcast: speakers must name a group "
+                                                r"\(people, pushers\), got 'ais'"):
+        sim.build(_scenario(protocols=[{"broadcast": {"speakers": "ais"}}]))
+
+
+def test_rl_groups_are_refused_until_they_can_be_trained():
+    with pytest.raises(sim.ScenarioError, match=r"population\[0\].kind: must be human, llm or ai, got 'rl'"):
+        _scenario(population=[{"name": "agents", "kind": "rl", "count": 4}])
+
+
+def test_a_checkpoint_through_the_run_format_resumes_bit_for_bit(tmp_path):
+    straight = sim.build(_broadcast(share=0.3), worlds=2)
+    straight.advance(10)
+    first = sim.build(_broadcast(share=0.3), worlds=2)
+    first.advance(4)
+    first.reset_worlds(torch.tensor([True, False]))
+    first.advance(2)
+    save_checkpoint(tmp_path, first.snapshot(), lambda path, data: path.write_bytes(data))
+    second = sim.build(_broadcast(share=0.3), worlds=2)
+    second.restore(load_checkpoint(tmp_path))
+    second.advance(4)
+    first.advance(4)
+    assert torch.equal(second.state.values, first.state.values)
+    assert torch.equal(second.state.protocols["broadcast"]["heard"], first.state.protocols["broadcast"]["heard"])
+    assert torch.equal(second.state.values[1], straight.state.values[1])
+
+
+def test_protocol_events_and_outcomes_reach_the_run_log(tmp_path):
+    run = sim.open_run(sim.run(_broadcast(share=0.4), runs_dir=tmp_path))
+    events = [e for e in run.events() if e["event"] == "broadcast"]
+    assert len(events) == 10 and all(e["protocol"] == "broadcast" for e in events)
+    reached = run.metrics().query("metric == 'broadcast.reached'")
+    assert reached["step"].tolist() == list(range(11)) and reached["value"].iloc[1:].gt(0).all()
+    assert [e["reached"] for e in events] == [[int(v)] for v in reached["value"].iloc[1:]]
