@@ -38,7 +38,7 @@ CASES = [
      "s.yaml:10 population[0].confidence: must be in (0, 1], got uniform on [0, 0.3)"),
     ("confidence: 0.3", "cofidence: 0.3",
      "s.yaml:10 population[0].cofidence: unknown key 'cofidence'; did you mean 'confidence'? "
-     "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy, persona, backend)"),
+     "(allowed: name, kind, count, init, confidence, rate, anchoring, zealots, policy, baseline, persona, backend)"),
     ("count: 50", "count: many", "s.yaml:9 population[0].count: must be an integer, got 'many'"),
     ("count: 50", "count: 0", "s.yaml:9 population[0].count: must be >= 1, got 0"),
     ("deffuant:", "defuant:",
@@ -54,7 +54,7 @@ CASES = [
      "(allowed: p, mean_degree)"),
     ("metrics: [mean_values]", "metrics: [deffuant]",
      "s.yaml:13 metrics[0]: unknown metric 'deffuant' (installed: clusters, consensus_time, drift, mean_values, "
-     "polarization) ('deffuant' is a dynamics plugin)"),
+     "polarization, protocol_outcome) ('deffuant' is a dynamics plugin)"),
     ("confidence: 0.3", "confidence: {dist: gauss, mean: 0.3}",
      "s.yaml:10 population[0].confidence: unknown distribution 'gauss' (allowed: constant, uniform, normal, beta)"),
     ("    count: 50", "    count: 50\n    kind: humna",
@@ -66,7 +66,7 @@ CASES = [
     ("steps: 5", "steps: 5\nsteps: 6", "s.yaml:3 steps: duplicate key 'steps'"),
     ("metrics: [mean_values]", "metrics: [mean_valuez]",
      "s.yaml:13 metrics[0]: unknown metric 'mean_valuez'; did you mean 'mean_values'? (installed: clusters, "
-     "consensus_time, drift, mean_values, polarization)"),
+     "consensus_time, drift, mean_values, polarization, protocol_outcome)"),
     ("confidence: 0.3", "init: {file: nope.csv}",
      "s.yaml:10 population[0].init.file: file not found: nope.csv (resolved to {dir}/nope.csv)"),
     ("mean_degree: 4", "mean_degree: 4, p: 0.1", "s.yaml:6 network.params: give exactly one of p or mean_degree"),
