@@ -16,8 +16,10 @@ PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 MINIMAL_PARAMS = {"file": {"path": "x"}, "erdos_renyi": {"p": 0.1}, "watts_strogatz": {"k": 4, "p": 0.1},
                   "barabasi_albert": {"m": 2}, "powerlaw_cluster": {"m": 2, "p": 0.1},
                   "stochastic_block": {"p_in": 0.1, "p_out": 0.01}, "strategic_influencer": {"goal": 0.9},
-                  "llm": {"persona": {"name": "p", "values": {}, "system_prompt": "", "message_prompt": ""}}}
-CONTRACT_METHOD = {"dynamics": "apply", "networks": "build", "metrics": "observe", "policies": "express"}
+                  "llm": {"persona": {"name": "p", "values": {}, "system_prompt": "", "message_prompt": ""}},
+                  "broadcast": {"speakers": "ai"}, "protocol_outcome": {"protocol": "broadcast", "outcome": "reached"}}
+CONTRACT_METHOD = {"dynamics": "apply", "networks": "build", "metrics": "observe", "policies": "express",
+                   "protocols": "step"}
 
 
 def test_readme_opens_with_the_two_commands():
