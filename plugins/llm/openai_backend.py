@@ -18,7 +18,7 @@ import os
 import random
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, ClassVar
 
@@ -27,7 +27,8 @@ from pydantic import Field
 
 from sim.contracts import Interval, PluginParams
 from sim.errors import ValuesimError
-from sim.llm import BudgetExhausted, ChatRequest, ChatResponse
+from sim.llm import BudgetExhausted, ChatRequest, ChatResponse, ChoiceRequest, ChoiceResponse
+from sim.llm.choice import ask_for_option, first_token_logprobs, read_choice
 from sim.llm.cache import kept_text
 
 RETRY_AFTER_CAP_S = 60.0
@@ -36,6 +37,8 @@ BACKOFF_CAP_S = 30.0
 """The longest exponential backoff between two attempts."""
 # Worth another try, as OpenAI's own client judges: request timeout, conflict, rate limit, server errors.
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+TOP_LOGPROBS = 20
+"""How many most likely first tokens a choice call asks for (OpenAI's maximum)."""
 
 
 class OpenAIBackend:
@@ -70,6 +73,8 @@ class OpenAIBackend:
         """HTTP requests (retries included) this backend object may send in its lifetime; ``None``: no limit."""
         max_tokens: Annotated[int, Interval(ge=1)] | None = None
         """Prompt plus completion tokens this backend object may use in its lifetime; ``None``: no limit."""
+        logprobs: bool = True
+        """Whether a choice call asks for ``logprobs``/``top_logprobs``; turn it off for a server that refuses them."""
 
     def __init__(self, params):
         self.params = params
@@ -89,12 +94,26 @@ class OpenAIBackend:
 
     async def complete(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         """One response per request, in order; raises ``BudgetExhausted`` before a send the budget cannot cover."""
+        return [response for response, _ in await self._send(requests)]
+
+    async def choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+        """Each request's chat with the instruction to answer with one of its options, the reply read back
+        (``sim.llm.choice.read_choice``; one that names no option is an error in its response); the options'
+        log-probabilities from the server's top log-probabilities of the reply's first token when it sends them.
+        Retries and budgets as ``complete``."""
+        chats = [ChatRequest(messages=ask_for_option(r.messages, r.options), sampling=r.sampling, seed=r.seed)
+                 for r in requests]
+        answers = await self._send(chats, logprobs=self.params.logprobs)
+        return [_chosen(r, response, logprobs) for r, (response, logprobs) in zip(requests, answers)]
+
+    async def _send(self, requests: list[ChatRequest], logprobs: bool = False) -> list[tuple[ChatResponse, Any]]:
+        """Per request, the response and the server's ``choices[0].logprobs`` (``None`` when it sent none)."""
         if not requests:
             return []
         key = _api_key(self.params.api_key_env)
         self._check_budget(more=len(requests))
         async with _Clients(self.params, key) as clients:
-            call = _Call(self, clients, asyncio.Semaphore(self.params.concurrency), key)
+            call = _Call(self, clients, asyncio.Semaphore(self.params.concurrency), key, logprobs)
             tasks = [asyncio.ensure_future(call.request(r)) for r in requests]
             try:
                 return list(await asyncio.gather(*tasks))
@@ -125,6 +144,8 @@ class _Attempt:
     reason: str = ""
     retry: bool = False
     retry_after: float | None = None
+    logprobs: Any = None
+    """The server's ``choices[0].logprobs``, as sent."""
 
 
 class _Clients:
@@ -164,14 +185,16 @@ class _Clients:
 class _Call:
     """One ``complete()`` call: the clients, the semaphore and the key shared by its requests."""
 
-    def __init__(self, backend: OpenAIBackend, clients: _Clients, slots: asyncio.Semaphore, key: str | None):
+    def __init__(self, backend: OpenAIBackend, clients: _Clients, slots: asyncio.Semaphore, key: str | None,
+                 logprobs: bool = False):
         self.backend, self.clients, self.slots, self.key = backend, clients, slots, key
+        self.logprobs = logprobs
         self.url = backend.params.base_url.rstrip("/") + "/chat/completions"
 
-    async def request(self, request: ChatRequest) -> ChatResponse:
+    async def request(self, request: ChatRequest) -> tuple[ChatResponse, Any]:
         p = self.backend.params
         rng = random.Random(f"{request.seed}:{request.prompt_hash()}")  # reproducible, yet not in lockstep
-        body = _body(p.model, request)
+        body = _body(p.model, request, self.logprobs)
         started = None
         attempt = _Attempt()
         for number in range(p.max_retries + 1):
@@ -185,10 +208,10 @@ class _Call:
             if attempt.response is not None or not attempt.retry:
                 break
         if attempt.response is not None:
-            return attempt.response
+            return attempt.response, attempt.logprobs
         tries = f" after {number + 1} attempts" if number else ""
         return ChatResponse(text="", error=_scrub(attempt.reason + tries, self.key),
-                            latency_s=time.perf_counter() - (started or time.perf_counter()))
+                            latency_s=time.perf_counter() - (started or time.perf_counter())), None
 
     async def _attempt(self, body: dict[str, Any], request: ChatRequest) -> _Attempt:
         sent = time.perf_counter()
@@ -221,7 +244,8 @@ class _Call:
         self.backend.tokens_used += prompt_tokens + completion_tokens
         text = kept_text(_scrub(text, self.key))  # scrubbed before it is cut, so no part of the key survives
         return _Attempt(response=ChatResponse(text=text, prompt_tokens=prompt_tokens,
-                                              completion_tokens=completion_tokens, latency_s=latency))
+                                              completion_tokens=completion_tokens, latency_s=latency),
+                        logprobs=data["choices"][0].get("logprobs"))
 
 
 def retry_delay(retry: int, backoff_s: float, rng: random.Random, retry_after: float | None = None) -> float:
@@ -239,10 +263,40 @@ def _ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _body(model: str, request: ChatRequest) -> dict[str, Any]:
+def _body(model: str, request: ChatRequest, logprobs: bool = False) -> dict[str, Any]:
     s = request.sampling
-    return {"model": model, "messages": list(request.messages), "temperature": s.temperature,
+    body = {"model": model, "messages": list(request.messages), "temperature": s.temperature,
             "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": request.seed}
+    return {**body, "logprobs": True, "top_logprobs": TOP_LOGPROBS} if logprobs else body
+
+
+def _chosen(request: ChoiceRequest, response: ChatResponse, logprobs: Any) -> ChoiceResponse:
+    """The choice a reply names, with the options' log-probabilities where the server's tell them apart."""
+    done = ChoiceResponse(index=None, text=response.text, prompt_tokens=response.prompt_tokens,
+                          completion_tokens=response.completion_tokens, latency_s=response.latency_s,
+                          error=response.error)
+    if response.error is not None:
+        return done
+    index = read_choice(response.text, request.options)
+    if index is None:
+        shown = " ".join(response.text.split())[:80]
+        return replace(done, error=f"openai backend: the reply names none of the options "
+                                   f"{list(request.options)}: {shown!r}")
+    return replace(done, index=index, option=request.options[index],
+                   logprobs=first_token_logprobs(_first_token_top(logprobs), request.options))
+
+
+def _first_token_top(logprobs: Any) -> list[tuple[str, float]]:
+    """``(token, logprob)`` of the most likely tokens at the reply's first non-blank token, from the OpenAI
+    chat format (``{"content": [{"token", "logprob", "top_logprobs": [...]}, ...]}``); ``[]`` if absent."""
+    try:
+        for entry in logprobs["content"]:
+            if entry["token"].strip():
+                top = entry.get("top_logprobs") or [entry]
+                return [(t["token"], float(t["logprob"])) for t in top]
+    except (KeyError, TypeError, ValueError):
+        pass
+    return []
 
 
 def _api_key(variable: str | None) -> str | None:

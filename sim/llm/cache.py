@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from ..errors import PluginError, ValuesimError
-from .contract import ChatRequest, ChatResponse, LLMBackend
+from .contract import ChatRequest, ChatResponse, ChoiceRequest, ChoiceResponse, LLMBackend, can_choose
 
 CacheMode = Literal["off", "read", "readwrite"]
 CACHE_MODES: tuple[str, ...] = ("off", "read", "readwrite")
@@ -148,10 +148,11 @@ class ResponseCache:
         return f"ResponseCache({str(self.path)!r})"
 
 
-def _decode(blob: str) -> ChatResponse | None:
+def _decode(blob: str) -> ChatResponse | ChoiceResponse | None:
     """A stored row back into a response; an unreadable row counts as a miss (it will be overwritten)."""
     try:
-        return ChatResponse.from_json(json.loads(blob), cached=True)
+        data = json.loads(blob)
+        return (ChoiceResponse if data.get("call") == "choice" else ChatResponse).from_json(data, cached=True)
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -163,7 +164,9 @@ class CachedBackend:
     inner backend in one batch (a request repeated within the batch is sent
     once and its answer shared, so a replay gives the same answers as the
     first run), stores what came back (``readwrite``) and returns one response
-    per request in order, hits marked ``cached=True``.
+    per request in order, hits marked ``cached=True``. ``choose(requests)``
+    does the same for choices (keyed by ``ChoiceRequest.cache_key``); it is
+    ``None`` when the inner backend has no choice call.
 
     Counters, for tests and logs: ``hits`` and ``misses`` (requests answered
     from the file or not), ``calls`` (batches sent to the inner backend) and
@@ -179,6 +182,8 @@ class CachedBackend:
         self.cache = cache
         self.mode = mode
         self.hits = self.misses = self.calls = self.sent = 0
+        if not can_choose(inner):
+            self.choose = None  # type: ignore[assignment]  # the choice call is optional: absent if inner has none
 
     @property
     def name(self) -> str:
@@ -193,11 +198,17 @@ class CachedBackend:
         return type(self.inner).Params
 
     async def complete(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+        return await self._answer(requests, "complete")
+
+    async def choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
+        return await self._answer(requests, "choose")
+
+    async def _answer(self, requests: list, call: str) -> list:
         if not requests:
             return []
         if self.mode == "off":
             self.misses += len(requests)
-            return [_kept(r) for r in await self._send(requests)]
+            return [_kept(r) for r in await self._send(requests, call)]
         name, model = self.inner.name, self.inner.model_id
         keys = [request.cache_key(name, model) for request in requests]
         found = self.cache.get_many(keys)
@@ -205,17 +216,17 @@ class CachedBackend:
         self.hits += sum(key in found for key in keys)
         self.misses += len(requests) - sum(key in found for key in keys)
         if missing:
-            answers = [_kept(r) for r in await self._send(list(missing.values()))]
+            answers = [_kept(r) for r in await self._send(list(missing.values()), call)]
             fresh = dict(zip(missing, answers))
             if self.mode == "readwrite":
                 self.cache.put_many(fresh.items(), name, model)
             found = {**found, **fresh}
         return [found[key] for key in keys]
 
-    async def _send(self, requests: list[ChatRequest]) -> list[ChatResponse]:
+    async def _send(self, requests: list, call: str) -> list:
         self.calls += 1
         self.sent += len(requests)
-        responses = await self.inner.complete(requests)
+        responses = await getattr(self.inner, call)(requests)
         if len(responses) != len(requests):
             raise PluginError(f"LLM backend {self.inner.name!r} returned {len(responses)} responses "
                               f"for {len(requests)} requests; it must return one per request, in order")

@@ -24,6 +24,10 @@ body that is not JSON), ``"no_choices"`` (JSON without ``choices``),
 as a careless server or a prompt-injected model might) or ``"huge"`` (a normal
 answer of ``huge_chars`` characters, 4 MiB by default).
 
+One more fault, ``"off_format"``, is a normal answer that ignores the
+format asked for (the echo), as a model that does not follow instructions
+gives.
+
 Every request is recorded in ``requests`` (path, headers, parsed body, the
 fault applied); ``max_in_flight`` is the most requests ever handled at once.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import random
 import re
 import threading
@@ -42,29 +47,58 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULTS = ("ok", "hang", "malformed", "no_choices", "echo_auth", "huge")  # plus any HTTP status given as a string, e.g. "500"
+from .choice import OPTIONS_PATTERN, normalised
+
+FAULTS = ("ok", "hang", "malformed", "no_choices", "echo_auth", "huge", "off_format")  # plus any HTTP status given as a string, e.g. "500"
 
 
-def fake_reply(body: dict[str, Any]) -> str:
+def fake_reply(body: dict[str, Any], follow_format: bool = True) -> str:
     """The fake's answer to a request body, deterministic in the body.
 
-    Like a cooperative model it follows the two answer formats valuesim asks
+    Like a cooperative model it follows the answer formats valuesim asks
     for: a JSON object when the prompt ends with the JSON shape of value
     ratings (``{"name": <0-10>, ...}``), one number when it asks for one
-    number from 1 to 6. Anything else gets an echo of the seed and the start
-    of the last user message.
+    number from 1 to 6, the most likely option of :func:`fake_choice` when it
+    asks for one of a list of options. Anything else (and everything, when
+    ``follow_format`` is false) gets an echo of the seed and the start of the
+    last user message.
     """
     users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
     last = users[-1] if users else ""
     digest = hashlib.sha256(f"{body.get('seed')}:{last}".encode()).digest()
-    shape = re.search(r"\{(\s*\"\w+\": <0-10>,?)+\s*\}\s*$", last)
+    choice = fake_choice(body) if follow_format else None
+    if choice:
+        options, logprobs = choice
+        return options[logprobs.index(max(logprobs))]
+    shape = re.search(r"\{(\s*\"\w+\": <0-10>,?)+\s*\}\s*$", last) if follow_format else None
     if shape:
         keys = re.findall(r'"(\w+)": <0-10>', shape.group(0))
         return json.dumps({k: digest[i % len(digest)] % 11 for i, k in enumerate(keys)})
-    if "one number from 1 to 6" in last:
+    if follow_format and "one number from 1 to 6" in last:
         return str(1 + digest[0] % 6)
     words = f"echo seed={body.get('seed')}: {last}".split()
     return " ".join(words[: max(1, int(body.get("max_tokens") or 16))])
+
+
+FILLER_TOKEN = "Well"
+FILLER_MASS = 0.1
+"""The probability the fake gives a first token that starts no option."""
+
+
+def fake_choice(body: dict[str, Any]) -> tuple[tuple[str, ...], tuple[float, ...]] | None:
+    """For a prompt asking for one of a list of options (``sim.llm.choice.ask_for_option``): the options and
+    the fake's log-probability of each as the reply's first token, ``None`` for any other prompt.
+
+    They are deterministic in the seed and the prompt; their probabilities sum
+    to 0.9, the rest going to ``FILLER_TOKEN``, so a client must normalise them.
+    """
+    match = OPTIONS_PATTERN.search(_last_user(body))
+    if not match:
+        return None
+    options = tuple(line[2:] for line in match.group(1).splitlines() if line.startswith("- "))
+    digest = hashlib.sha256(f"{body.get('seed')}:{_last_user(body)}".encode()).digest()
+    logprobs = normalised([(digest[i % len(digest)] % 40) / 10 for i in range(len(options))])
+    return options, tuple(p + math.log(1 - FILLER_MASS) for p in logprobs)
 
 
 def count_tokens(text: str) -> int:
@@ -222,6 +256,8 @@ class FakeChatServer:
             return handler.send(200, _json(self._completion(body, text)))
         if fault == "huge":
             return handler.send(200, _json(self._completion(body, "x" * self.huge_chars)))
+        if fault == "off_format":
+            return handler.send(200, _json(self._completion(body, fake_reply(body, follow_format=False))))
         handler.send(200, _json(self._completion(body)))
 
     def _answer_status(self, handler: _Handler, status: int) -> None:
@@ -236,11 +272,25 @@ class FakeChatServer:
         answer: dict[str, Any] = {"id": "fake", "object": "chat.completion", "model": body.get("model"),
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": text}}]}
+        if body.get("logprobs"):
+            answer["choices"][0]["logprobs"] = _choice_logprobs(body, text)
         if self.usage:
             prompt_tokens = sum(count_tokens(m.get("content", "")) for m in body.get("messages", []))
             answer["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": count_tokens(text),
                                "total_tokens": prompt_tokens + count_tokens(text)}
         return answer
+
+
+def _choice_logprobs(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """OpenAI's ``logprobs`` for the fake's answer to a choice prompt: one token, the option, with the
+    ``top_logprobs`` most likely first tokens; ``None`` for other prompts or an answer the fake did not choose."""
+    choice = fake_choice(body)
+    if choice is None or text not in choice[0]:
+        return None
+    top = sorted([*zip(*choice), (FILLER_TOKEN, math.log(FILLER_MASS))], key=lambda t: -t[1])
+    top = top[:int(body.get("top_logprobs") or 0)]
+    return {"content": [{"token": text, "logprob": dict(zip(*choice))[text],
+                         "top_logprobs": [{"token": token, "logprob": logprob} for token, logprob in top]}]}
 
 
 def _last_user(body: dict[str, Any]) -> str:
