@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import networkx as nx
 import numpy as np
 import pytest
 import torch
 
+from plugins.dynamics import _numba
 from plugins.dynamics.pairwise import AlgorithmicBias, Deffuant
 from plugins.dynamics.pointwise import FriedkinJohnsen, Noise
 from plugins.dynamics.reference import (
-    algorithmic_bias_reference, deffuant_reference, hegselmann_krause_reference,
+    algorithmic_bias_reference, deffuant_reference, hegselmann_krause_reference, pairs_reference,
 )
 from plugins.dynamics.synchronous import HegselmannKrause
 from sim.contracts import Streams
-from sim.core.pairing import rounds, sample_pairs
+from sim.core.pairing import focal_agents, pair_counts, rounds, sample_pairs
 from tests.conftest import make_world
 
 DISTANCES = ["l2", "linf", "per_dimension"]
@@ -105,21 +108,30 @@ def test_hegselmann_krause_kernels_equal_the_reference(kernel, distance):
         np.testing.assert_allclose(got[w].numpy(), want, rtol=0, atol=1e-6)
 
 
-def test_algorithmic_bias_equals_the_reference_and_gamma_zero_is_uniform():
+@pytest.mark.parametrize("masked", [False, True])
+def test_algorithmic_bias_equals_the_reference_fed_the_streams_draws(masked):
     b, n, k = 2, 50, 2
     g = torch.Generator().manual_seed(5)
     values = torch.rand((b, n, k), generator=g)
     graph = nx.erdos_renyi_graph(n, 0.2, seed=3)
     world, state = make_world(values, graph, confidence=0.4, rate=0.3)
-    focal = torch.randint(n, (b, 4 * n), generator=g)
-    u = torch.rand((b, 4 * n), generator=g, dtype=torch.float64)
-    dyn = AlgorithmicBias(AlgorithmicBias.Params(gamma=2.0))
-    got = dyn.apply_draws(values, values, state, world, focal, u)
+    if masked:
+        state.active[0, ::4] = False
+        state.active[1, 10:30] = False
+    rng = Streams.of(5, b).at(3)
+    dyn = AlgorithmicBias(AlgorithmicBias.Params(gamma=2.0, pairs_per_agent=4.0))
+    got = dyn.apply(values, values, state, world, rng)
+    count, used = pair_counts(4.0, n, state.active if masked else None)
+    focal = focal_agents(n, count, rng, "algorithmic_bias/focal", state.active if masked else None, used)
+    u = rng.uniform("algorithmic_bias/partner", (b, count), torch.float64)
     net = world.network
     for w in range(b):
         want = algorithmic_bias_reference(values[w].numpy(), net.rowptr.numpy(), net.col.numpy(), focal[w].numpy(),
-                                          u[w].numpy(), np.full(n, 0.4, np.float32), np.full(n, 0.3, np.float32), 2.0)
+                                          u[w].numpy(), np.full(n, 0.4, np.float32), np.full(n, 0.3, np.float32), 2.0,
+                                          active=state.active[w].numpy())
         np.testing.assert_allclose(got[w].numpy(), want, rtol=0, atol=1e-6)
+    assert torch.equal(got[~state.active], values[~state.active]), "an absent agent moved"
+    assert not torch.equal(got, values)
 
 
 def test_deffuant_with_equal_rates_conserves_the_mean_and_stays_in_the_unit_cube():
@@ -162,3 +174,179 @@ def test_noise_has_the_asked_spread_and_stays_in_bounds():
     assert abs(out.std().item() - 0.05) < 0.002
     edge = Noise(Noise.Params(sigma=1.0)).apply(values, values, state, world, Streams.of(0, values.shape[0]))
     assert edge.min() >= 0 and edge.max() <= 1
+
+
+# ---------------------------------------------------------------- draws hashed inside the kernels; absent agents
+
+
+def _masked_world(b=3, n=90, k=3, seed=0, masked=True, fixed=False):
+    """A world with isolated agents, an agent whose neighbours are all absent, heterogeneous parameters."""
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand((b, n, k), generator=g)
+    graph = nx.watts_strogatz_graph(n - 3, 6, 0.3, seed=seed)
+    graph.add_nodes_from([n - 3, n - 2])  # isolated
+    graph.add_edge(n - 1, 0)  # agent n - 1's only neighbour is 0, absent in world 0
+    world, state = make_world(values, graph, confidence=_hetero(b, n, 0.2, 0.6, seed + 1),
+                              rate=_hetero(b, n, 0.1, 0.5, seed + 2))
+    if masked:
+        state.active[0, 0] = False
+        state.active[0, ::7] = False
+        state.active[1, 30:60] = False
+        if b > 2:
+            state.active[2] = False  # nobody left
+    if fixed:  # some agents show a policy's vector instead of their values
+        honest = torch.ones(n, dtype=torch.bool)
+        honest[::5] = False
+        world = replace(world, honest=honest)
+    return world, state
+
+
+def _expressed(state, seed=9):
+    return torch.rand(state.values.shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernels_draw_the_pairs_of_sample_pairs_and_of_the_reference(masked):
+    world, state = _masked_world(masked=masked)
+    b, n = state.active.shape
+    rng = Streams.of(4, [0, 5, 9]).at(2)
+    active = state.active if masked else None
+    count, used = pair_counts(1.5, n, active)
+    used_np = (torch.full((b,), count) if used is None else used).numpy()
+    net = world.network
+    focal, partner = sample_pairs(net, count, rng, "deffuant", active, used)
+    got_focal, got_partner = _numba.draw_pairs(net.rowptr.numpy(), net.col.numpy(), rng.key("deffuant/focal").numpy(),
+                                               rng.key("deffuant/partner").numpy(), count, used_np,
+                                               state.active.numpy(), masked)
+    np.testing.assert_array_equal(got_focal, focal.numpy())
+    np.testing.assert_array_equal(got_partner, partner.numpy())
+    u_focal = rng.uniform("deffuant/focal", (b, count), torch.float64)
+    u_partner = rng.uniform("deffuant/partner", (b, count), torch.float64)
+    for w in range(b):
+        want = pairs_reference(net.rowptr.numpy(), net.col.numpy(), state.active[w].numpy(), u_focal[w].numpy(),
+                               u_partner[w].numpy(), int(used_np[w]))
+        np.testing.assert_array_equal(focal[w].numpy(), want[0])
+        np.testing.assert_array_equal(partner[w].numpy(), want[1])
+    drawn = partner >= 0
+    assert drawn.any()
+    assert state.active.gather(1, focal.clamp_min(0))[focal >= 0].all(), "an absent agent was a focal agent"
+    assert state.active.gather(1, partner.clamp_min(0))[drawn].all(), "an absent agent was a partner"
+    if masked:
+        m = state.active.sum(1)
+        assert used.tolist() == [round(1.5 * int(v)) if v else 0 for v in m], "the rate per agent changed"
+        assert (focal[2] == -1).all() and (partner[0][focal[0] == n - 1] == -1).all()
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("masked,fixed,repulsion", [(False, False, None), (True, False, 0.7), (True, True, None),
+                                                    (False, True, 0.7)])
+def test_the_compiled_step_equals_the_torch_step_and_the_reference_bit_for_bit(distance, masked, fixed, repulsion):
+    world, state = _masked_world(masked=masked, fixed=fixed)
+    b, n = state.active.shape
+    expressed = _expressed(state) if fixed else state.values
+    rng = Streams.of(8, b).at(5)
+    params = dict(distance=distance, repulsion=repulsion, pairs_per_agent=3.0)
+    got = Deffuant(Deffuant.Params(kernel="numba", **params)).apply(state.values, expressed, state, world, rng)
+    torch_step = Deffuant(Deffuant.Params(kernel="torch", **params)).apply(state.values, expressed, state, world, rng)
+    assert torch.equal(got, torch_step)
+    count, used = pair_counts(3.0, n, state.active if masked else None)
+    focal, partner = sample_pairs(world.network, count, rng, "deffuant", state.active if masked else None, used)
+    for w in range(b):
+        want = deffuant_reference(state.values[w].numpy(), focal[w].numpy(), partner[w].numpy(),
+                                  world.params.confidence[w].numpy(), world.params.rate[w].numpy(), distance,
+                                  repulsion, shown=expressed[w].numpy(), fixed=(~world.honest).expand(b, n)[w].numpy())
+        np.testing.assert_array_equal(got[w].numpy(), want)
+    assert torch.equal(got[~state.active], state.values[~state.active]), "an absent agent moved"
+    assert not torch.equal(got, state.values)
+
+
+@pytest.mark.parametrize("pipeline", [False, True])
+@pytest.mark.parametrize("b", [1, 3])
+def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b):
+    # small chunks, so that the drawing thread hands over many chunks and the last one is short
+    monkeypatch.setattr(_numba, "PIPELINE_CHUNK", 1000)
+    n, k = 2000, 4
+    values = torch.rand((b, n, k), generator=torch.Generator().manual_seed(1))
+    world, state = make_world(values, nx.erdos_renyi_graph(n, 0.005, seed=2), confidence=_hetero(b, n, 0.2, 0.5, 3),
+                              rate=0.3)
+    state.active[:, 100:150] = False
+    count, used = pair_counts(2.3, n, state.active)
+    rng = Streams.of(2, b).at(1)
+    net = world.network
+    x = values.clone()
+    _numba.deffuant(x.numpy(), x.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(), net.rowptr.numpy(),
+                    net.col.numpy(), rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(),
+                    used.numpy(), state.active.numpy(), True, world.params.confidence.numpy(),
+                    world.params.rate.numpy(), 0, np.inf, pipeline=pipeline)
+    focal, partner = sample_pairs(net, count, rng, "deffuant", state.active, used)
+    want = Deffuant(Deffuant.Params(kernel="torch")).apply_pairs(values, values, world, focal, partner)
+    assert torch.equal(x, want)
+
+
+def _two_group_scenario(dynamics, network, masked_last=True, seed=11):
+    people = {"name": "people", "count": 40, "init": {"dist": "uniform", "low": 0, "high": 1},
+              "confidence": {"dist": "uniform", "low": 0.2, "high": 0.5}, "rate": 0.3}
+    others = {"name": "others", "count": 15, "init": {"dist": "beta", "a": 2, "b": 5}, "confidence": 0.4, "rate": 0.2}
+    groups = [people, others] if masked_last else [others, people]
+    return {"name": "absent", "seed": seed, "steps": 1, "values": ["a", "b"], "network": network,
+            "population": groups, "dynamics": [dynamics], "metrics": []}
+
+
+@pytest.mark.parametrize("dynamics", [{"deffuant": {"pairs_per_agent": 1.3}},
+                                      {"algorithmic_bias": {"gamma": 1.5}}])
+def test_a_world_without_its_last_group_is_the_scenario_rebuilt_without_it(dynamics):
+    from sim import build, scenario_from_dict
+
+    data = _two_group_scenario(dynamics, {"generator": "complete"})
+    masked = build(scenario_from_dict(data), streams=[3, 3])
+    masked.state.active[1, 40:] = False
+    alone = dict(data, population=data["population"][:1])
+    rebuilt = build(scenario_from_dict(alone), streams=[3])
+    assert torch.equal(masked.state.values[1, :40], rebuilt.state.values[0])  # populations are drawn per group
+    masked.advance(6)
+    rebuilt.advance(6)
+    assert torch.equal(masked.state.values[1, :40], rebuilt.state.values[0])
+    assert not torch.equal(masked.state.values[0, :40], rebuilt.state.values[0]), "the mask changed nothing"
+
+
+def test_a_world_without_a_middle_group_is_the_scenario_on_the_induced_graph():
+    # Any graph, any masked rows: relabelling the remaining agents keeps their order, and the
+    # CSR order of their neighbours, so the draws pick the same agents.
+    from sim import build, scenario_from_dict
+
+    data = _two_group_scenario({"deffuant": {}}, {"generator": "complete"}, masked_last=False)
+    n = 55
+    graph = nx.erdos_renyi_graph(n, 0.15, seed=4)
+    edges = np.array(graph.edges(), dtype=np.int64)
+    masked = build(scenario_from_dict(data), streams=[1], network=edges)
+    masked.state.active[0, :15] = False  # the first group, "others"
+    keep = edges[(edges >= 15).all(1)] - 15
+    rebuilt = build(scenario_from_dict(dict(data, population=data["population"][1:])), streams=[1], network=keep)
+    masked.advance(5)
+    rebuilt.advance(5)
+    assert torch.equal(masked.state.values[0, 15:], rebuilt.state.values[0])
+
+
+def test_over_seeds_a_masked_group_matches_the_rebuilt_scenario_on_a_random_graph():
+    # G(N, p) restricted to the active agents is G(N', p): the masked world and the rebuilt scenario
+    # draw different graphs, so only their distributions agree. The statistic is the distance moved
+    # per active agent in three steps: it would be N / N' = 1.4 times larger if absent agents' draws
+    # were given to the others, and smaller if they were spent.
+    from sim import build, scenario_from_dict
+
+    network = {"generator": "erdos_renyi", "params": {"p": 0.08}}
+    moved = {"masked": [], "rebuilt": []}
+    for seed in range(40):
+        data = _two_group_scenario({"deffuant": {}}, network, seed=seed)
+        data["population"][1]["count"] = 16
+        masked = build(scenario_from_dict(data), worlds=1)
+        masked.state.active[0, 40:] = False
+        rebuilt = build(scenario_from_dict(dict(data, population=data["population"][:1])), worlds=1)
+        for name, sim_ in (("masked", masked), ("rebuilt", rebuilt)):
+            start = sim_.state.values[0, :40].clone()
+            sim_.advance(3)
+            moved[name].append(float((sim_.state.values[0, :40] - start).abs().sum(1).mean()))
+    a, c = np.array(moved["masked"]), np.array(moved["rebuilt"])
+    se = np.sqrt(a.var(ddof=1) / len(a) + c.var(ddof=1) / len(c))
+    assert abs(a.mean() - c.mean()) < 4 * se, (a.mean(), c.mean(), se)
+    assert 0.25 * c.mean() > 4 * se, "the test could not tell a 1.4x change in the interaction rate"

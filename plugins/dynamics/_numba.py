@@ -1,16 +1,180 @@
-"""Compiled CPU kernels for the pairwise models (numba). The GPU path stays torch.
+"""Compiled CPU kernels (numba). The GPU path stays torch.
 
 Arithmetic is kept identical to the torch kernels and to the reference loops:
 distances in float64 from the float32 values, updates in float32 as
 ``x + mu * (other - x)`` (no fused multiply-add: fastmath stays off).
 Metrics: 0 = l2 (Euclidean / sqrt(K)), 1 = linf, 2 = per dimension.
+
+Pairwise models draw their own random numbers inline: draw ``s`` of a
+purpose in a world is SplitMix64's finaliser of ``key + (s + 1) * GOLDEN``,
+``key`` being the world's ``Streams.key(purpose)``, exactly as
+``sim.core.rng.Streams`` computes it in torch (``tests/test_streams.py``
+holds the two together). A world's step then runs in chunks: draw a chunk
+of (focal, partner) pairs into a small buffer, then apply it in order. The
+two halves are split because they stall on different memory: drawing reads
+the CSR (``rowptr``, ``col``) with no data-dependent branch, so many misses
+are in flight at once; applying reads the two value rows and branches on
+the acceptance test. Fused into one loop, each mispredicted acceptance
+discards the next pairs' CSR loads and the loop runs at half the speed.
+With a second core and fewer worlds than threads, one thread draws the next
+chunk while the other applies this one (:func:`deffuant`).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from numba import njit, prange
+
+# SplitMix64 (sim.core.rng): the same constants, as unsigned 64-bit integers.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S11, _S27, _S30, _S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
+_TWO_TO_MINUS_53 = 2.0 ** -53
+
+CHUNK = 4096  # pairs drawn, then applied, at a time by one thread (two int64 buffers stay in L2)
+PIPELINE_CHUNK = 65536  # pairs handed between the drawing and the applying thread
+PIPELINE_MIN_PAIRS = 200_000  # below this a world's step is too short to pay for the hand-offs
+
+
+# ---------------------------------------------------------------- the inline hash
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _mix64(z):
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    return z ^ (z >> _S31)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _bits(key, s):
+    """Draw ``s`` (0-based) of a world's purpose, as an unsigned 64-bit integer."""
+    return _mix64(key + np.uint64(s + 1) * _GOLDEN)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _uniform(key, s):
+    """``Streams.uniform(..., float64)``: the top 53 bits times 2^-53."""
+    return np.float64(_bits(key, s) >> _S11) * _TWO_TO_MINUS_53
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _below(key, s, high):
+    """``Streams.integers``: ``min(floor(u * high), high - 1)`` with ``u`` the float64 uniform; ``high >= 1``."""
+    return min(np.int64(_uniform(key, s) * np.float64(high)), high - 1)
+
+
+@njit(cache=True)
+def stream_bits(keys, count):
+    """``[B, count]`` int64 bit patterns: what ``Streams.bits`` draws for per-world ``keys`` [B] int64."""
+    out = np.empty((keys.shape[0], count), np.uint64)
+    for b in range(keys.shape[0]):
+        key = np.uint64(keys[b])
+        for s in range(count):
+            out[b, s] = _bits(key, s)
+    return out.view(np.int64)
+
+
+@njit(cache=True)
+def stream_uniform(keys, count):
+    """``[B, count]`` float64: what ``Streams.uniform(..., torch.float64)`` draws for per-world ``keys``."""
+    out = np.empty((keys.shape[0], count), np.float64)
+    for b in range(keys.shape[0]):
+        key = np.uint64(keys[b])
+        for s in range(count):
+            out[b, s] = _uniform(key, s)
+    return out
+
+
+@njit(cache=True)
+def stream_below(keys, high, count):
+    """``[B, count]`` int64: what ``Streams.integers(..., high[:, None], ...)`` draws (``high`` [B] >= 1)."""
+    out = np.empty((keys.shape[0], count), np.int64)
+    for b in range(keys.shape[0]):
+        key = np.uint64(keys[b])
+        for s in range(count):
+            out[b, s] = _below(key, s, high[b])
+    return out
+
+
+# ---------------------------------------------------------------- drawing pairs
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _active_order(active, order):
+    """Write the active agents' indices, ascending, to the front of ``order``; return how many there are."""
+    m = 0
+    for i in range(active.shape[0]):
+        if active[i]:
+            order[m] = i
+            m += 1
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, n_active, focal, partner):
+    """Pairs of draw slots ``lo:hi`` of one world into ``focal[:hi-lo]``, ``partner[:hi-lo]``.
+
+    The focal agent is the ``floor(u * m)``-th active agent (``order``) and
+    the partner the ``floor(u' * d)``-th of its ``d`` active neighbours, ``u``
+    and ``u'`` the slot's draws of the two purposes. Without a mask
+    (``masked`` False; ``active`` and ``order`` unused) that is agent
+    ``floor(u * N)`` and neighbour ``col[rowptr[i] + floor(u' * degree)]``.
+    A focal agent with no (active) neighbour gets partner -1.
+    """
+    for s in range(lo, hi):
+        q = s - lo
+        rank = _below(key_focal, s, n_active)
+        i = order[rank] if masked else rank
+        start = rowptr[i]
+        degree = rowptr[i + 1] - start
+        focal[q] = i
+        if not masked:
+            partner[q] = col[start + _below(key_partner, s, degree)] if degree > 0 else -1
+            continue
+        live = 0
+        for e in range(start, start + degree):
+            if active[col[e]]:
+                live += 1
+        partner[q] = -1
+        if live == 0:
+            continue
+        pick = _below(key_partner, s, live)
+        for e in range(start, start + degree):
+            j = col[e]
+            if active[j]:
+                if pick == 0:
+                    partner[q] = j
+                    break
+                pick -= 1
+
+
+@njit(cache=True)
+def draw_pairs(rowptr, col, keys_focal, keys_partner, count, used, active, masked):
+    """``[B, count]`` focal and partner arrays as the kernels draw them (-1 and -1 in unused slots).
+
+    ``used`` [B]: slots each world uses; ``active`` [B, N] bool (read when ``masked``).
+    The same pairs as ``sim.core.pairing.sample_pairs``.
+    """
+    b_worlds, n = active.shape
+    focal = np.full((b_worlds, count), -1, np.int64)
+    partner = np.full((b_worlds, count), -1, np.int64)
+    order = np.empty(n, np.int64)
+    for b in range(b_worlds):
+        m = _active_order(active[b], order) if masked else n
+        if m == 0 or used[b] == 0:
+            continue
+        _draw_pairs(rowptr, col, np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), 0, used[b], masked,
+                    active[b], order, m, focal[b], partner[b])
+    return focal, partner
+
+
+# ---------------------------------------------------------------- applying pairs
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -18,176 +182,282 @@ def _clip(v):
     return min(max(v, np.float32(0.0)), np.float32(1.0))
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _param(values, uniform, i):
+    # one shared value (``uniform``) is read from a cache line that stays hot, not from a random row
+    return values[0] if uniform else values[i]
+
+
 @njit(cache=True, nogil=True)
-def _interact(x, shown, fixed, i, j, eps_i, mu_i, eps_j, mu_j, metric, repulse):
-    """One Deffuant interaction between rows i and j of ``x`` [N, K], in place."""
-    k_dims = x.shape[1]
-    fi = fixed[i]
-    fj = fixed[j]
-    if metric == 2:
-        for k in range(k_dims):
-            a = x[i, k]
-            c = x[j, k]
-            sa = shown[i, k] if fi else a
-            sc = shown[j, k] if fj else c
-            di = abs(np.float64(sc) - np.float64(a))
-            dj = abs(np.float64(sa) - np.float64(c))
-            if di < np.float64(eps_i):
-                x[i, k] = a + mu_i * (sc - a)
-            elif di > repulse:
-                x[i, k] = _clip(a - mu_i * (sc - a))
-            if dj < np.float64(eps_j):
-                x[j, k] = c + mu_j * (sa - c)
-            elif dj > repulse:
-                x[j, k] = _clip(c - mu_j * (sa - c))
-        return
+def _interact_per_dimension(x, shown, i, j, si, sj, eps_i, mu_i, eps_j, mu_j, repulse):
+    """Each dimension its own opinion; ``si``/``sj``: i or j shows ``shown`` instead of its values."""
+    for k in range(x.shape[1]):
+        a = x[i, k]
+        c = x[j, k]
+        sa = shown[i, k] if si else a
+        sc = shown[j, k] if sj else c
+        di = abs(np.float64(sc) - np.float64(a))
+        dj = abs(np.float64(sa) - np.float64(c))
+        if di < np.float64(eps_i):
+            x[i, k] = a + mu_i * (sc - a)
+        elif di > repulse:
+            x[i, k] = _clip(a - mu_i * (sc - a))
+        if dj < np.float64(eps_j):
+            x[j, k] = c + mu_j * (sa - c)
+        elif dj > repulse:
+            x[j, k] = _clip(c - mu_j * (sa - c))
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _distances(x, shown, i, j, si, sj, metric):
+    """d(i's values, what j shows) and d(j's values, what i shows): squared sums (l2) or maxima (linf).
+
+    When neither agent shows anything but its values the two are the same
+    number ((c - a)^2 = (a - c)^2 exactly), computed once.
+    """
     di = 0.0
     dj = 0.0
-    for k in range(k_dims):
+    if not (si or sj):
+        for k in range(x.shape[1]):
+            diff = np.float64(x[j, k]) - np.float64(x[i, k])
+            di = di + diff * diff if metric == 0 else max(di, abs(diff))
+        return di, di
+    for k in range(x.shape[1]):
         a = np.float64(x[i, k])
         c = np.float64(x[j, k])
-        sa = np.float64(shown[i, k]) if fi else a
-        sc = np.float64(shown[j, k]) if fj else c
+        sa = np.float64(shown[i, k]) if si else a
+        sc = np.float64(shown[j, k]) if sj else c
         if metric == 0:
             di += (sc - a) * (sc - a)
             dj += (sa - c) * (sa - c)
         else:
             di = max(di, abs(sc - a))
             dj = max(dj, abs(sa - c))
-    if metric == 0:
-        ti = np.float64(eps_i) * np.float64(eps_i) * k_dims
-        tj = np.float64(eps_j) * np.float64(eps_j) * k_dims
-        r = repulse * repulse * k_dims
-    else:
-        ti = np.float64(eps_i)
-        tj = np.float64(eps_j)
-        r = repulse
-    move_i = 1 if di < ti else (-1 if di > r else 0)
-    move_j = 1 if dj < tj else (-1 if dj > r else 0)
-    if move_i == 0 and move_j == 0:
-        return
-    for k in range(k_dims):
-        a = x[i, k]
-        c = x[j, k]
-        sa = shown[i, k] if fi else a
-        sc = shown[j, k] if fj else c
-        if move_i == 1:
-            x[i, k] = a + mu_i * (sc - a)
-        elif move_i == -1:
-            x[i, k] = _clip(a - mu_i * (sc - a))
-        if move_j == 1:
-            x[j, k] = c + mu_j * (sa - c)
-        elif move_j == -1:
-            x[j, k] = _clip(c - mu_j * (sa - c))
+    return di, dj
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _threshold(eps, metric, k_dims):
+    e = np.float64(eps)
+    return e * e * k_dims if metric == 0 else e
 
 
 @njit(cache=True, nogil=True)
-def _deffuant_world(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
-    for m in range(focal.shape[0]):
-        j = partner[m]
+def _apply_pairs(x, shown, fixed, any_fixed, focal, partner, count, eps, eps_uniform, mu, mu_uniform, metric,
+                 repulse):
+    """Apply ``count`` pairs in order to one world's values ``x`` [N, K], in place.
+
+    Per pair: the two value rows first, the distance once, the confidence
+    bounds for the acceptance test (a shared bound is a constant), and the
+    rates only for an agent that moves.
+    """
+    k_dims = x.shape[1]
+    r = repulse * repulse * k_dims if metric == 0 else repulse
+    for q in range(count):
+        j = partner[q]
         if j < 0:
             continue
-        i = focal[m]
-        _interact(x, shown, fixed, i, j, eps[i], mu[i], eps[j], mu[j], metric, repulse)
+        i = focal[q]
+        si = any_fixed and fixed[i]
+        sj = any_fixed and fixed[j]
+        eps_i = _param(eps, eps_uniform, i)
+        eps_j = _param(eps, eps_uniform, j)
+        if metric == 2:
+            _interact_per_dimension(x, shown, i, j, si, sj, eps_i, _param(mu, mu_uniform, i), eps_j,
+                                    _param(mu, mu_uniform, j), repulse)
+            continue
+        di, dj = _distances(x, shown, i, j, si, sj, metric)
+        move_i = 1 if di < _threshold(eps_i, metric, k_dims) else (-1 if di > r else 0)
+        move_j = 1 if dj < _threshold(eps_j, metric, k_dims) else (-1 if dj > r else 0)
+        if move_i == 0 and move_j == 0:
+            continue
+        mu_i = _param(mu, mu_uniform, i)
+        mu_j = _param(mu, mu_uniform, j)
+        for k in range(k_dims):
+            a = x[i, k]
+            c = x[j, k]
+            sa = shown[i, k] if si else a
+            sc = shown[j, k] if sj else c
+            if move_i == 1:
+                x[i, k] = a + mu_i * (sc - a)
+            elif move_i == -1:
+                x[i, k] = _clip(a - mu_i * (sc - a))
+            if move_j == 1:
+                x[j, k] = c + mu_j * (sa - c)
+            elif move_j == -1:
+                x[j, k] = _clip(c - mu_j * (sa - c))
 
 
-def deffuant(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
-    """Apply pairs ``[B, M]`` in order, world by world, in place on ``x``.
+@njit(cache=True, nogil=True)
+def apply_pairs(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
+    """Apply given pairs ``[B, M]`` in order, world by world, in place (``eps``, ``mu`` [B or 1, N]).
 
-    ``x`` and ``shown`` are [B, N, K] float32, ``fixed`` [N] bool marks agents
-    that show ``shown`` instead of their current values, ``eps`` and ``mu``
-    are [B or 1, N] float32. With at least as many worlds as threads the
-    worlds run in parallel; otherwise (and for short pair lists) each world's pairs are split into rounds
-    of disjoint pairs (``schedule``) whose pairs run in parallel. Both give
-    the sequential result bit for bit.
+    ``fixed`` [B or 1, N] bool marks agents that show ``shown`` instead of
+    their values. For the tests that feed the kernels the reference loop's draws.
     """
-    # Below a few thousand pairs a world, the rounds' thread hand-offs cost more than they save.
-    if x.shape[0] >= numba.get_num_threads() or focal.shape[1] < 20_000:
-        _deffuant_worlds(x, shown, fixed, focal, partner, eps, mu, metric, repulse)
+    for b in range(x.shape[0]):
+        fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
+        eb = eps[0] if eps.shape[0] == 1 else eps[b]
+        mb = mu[0] if mu.shape[0] == 1 else mu[b]
+        _apply_pairs(x[b], shown[b], fb, fb.any(), focal[b], partner[b], focal.shape[1], eb, False, mb, False,
+                     metric, repulse)
+
+
+# ---------------------------------------------------------------- one Deffuant step
+
+
+@njit(cache=True, nogil=True)
+def _deffuant_world(x, shown, fixed, any_fixed, rowptr, col, key_focal, key_partner, used, masked, active, eps,
+                    eps_uniform, mu, mu_uniform, metric, repulse):
+    """One world's step on one thread: draw ``CHUNK`` pairs, apply them, repeat."""
+    n = x.shape[0]
+    order = np.empty(n if masked else 1, np.int64)
+    m = _active_order(active, order) if masked else n
+    if m == 0:
+        return
+    focal = np.empty(CHUNK, np.int64)
+    partner = np.empty(CHUNK, np.int64)
+    for lo in range(0, used, CHUNK):
+        hi = min(lo + CHUNK, used)
+        _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, m, focal, partner)
+        _apply_pairs(x, shown, fixed, any_fixed, focal, partner, hi - lo, eps, eps_uniform, mu, mu_uniform,
+                     metric, repulse)
+
+
+@njit(cache=True, parallel=True)
+def _deffuant_worlds(x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
+                     eps_uniform, mu, mu_uniform, metric, repulse):
+    """Worlds in parallel, each on one thread."""
+    for b in prange(x.shape[0]):
+        fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
+        eb = eps[0] if eps.shape[0] == 1 else eps[b]
+        mb = mu[0] if mu.shape[0] == 1 else mu[b]
+        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
+                        np.uint64(keys_partner[b]), used[b], masked, active[b], eb, eps_uniform[b], mb,
+                        mu_uniform[b], metric, repulse)
+
+
+@njit(cache=True, nogil=True)
+def _pipeline_draw(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, m, focal, partner):
+    _draw_pairs(rowptr, col, np.uint64(key_focal), np.uint64(key_partner), lo, hi, masked, active, order, m,
+                focal, partner)
+
+
+@njit(cache=True, nogil=True)
+def _pipeline_order(active, order):
+    return _active_order(active, order)
+
+
+_DRAWER: ThreadPoolExecutor | None = None
+_DRAWER_LOCK = threading.Lock()
+
+
+def _drawer() -> ThreadPoolExecutor:
+    global _DRAWER
+    with _DRAWER_LOCK:
+        if _DRAWER is None:
+            _DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="valuesim-pairs")
+        return _DRAWER
+
+
+def _deffuant_pipelined(x, shown, fixed, rowptr, col, key_focal, key_partner, used, masked, active, eps,
+                        eps_uniform, mu, mu_uniform, metric, repulse):
+    """One world's step on two threads: a helper draws chunk c + 1 while this thread applies chunk c."""
+    n = x.shape[0]
+    order = np.empty(n if masked else 1, np.int64)
+    m = _pipeline_order(active, order) if masked else n
+    if m == 0:
+        return
+    any_fixed = bool(fixed.any())
+    buffers = [(np.empty(PIPELINE_CHUNK, np.int64), np.empty(PIPELINE_CHUNK, np.int64)) for _ in range(2)]
+    starts = range(0, used, PIPELINE_CHUNK)
+
+    def draw(c):
+        lo = starts[c]
+        hi = min(lo + PIPELINE_CHUNK, used)
+        focal, partner = buffers[c % 2]
+        _pipeline_draw(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, m, focal, partner)
+        return hi - lo
+
+    pool = _drawer()
+    pending = pool.submit(draw, 0)
+    for c in range(len(starts)):
+        count = pending.result()
+        if c + 1 < len(starts):
+            pending = pool.submit(draw, c + 1)
+        focal, partner = buffers[c % 2]
+        _apply_pairs(x, shown, fixed, any_fixed, focal, partner, count, eps, eps_uniform, mu, mu_uniform, metric,
+                     repulse)
+
+
+def deffuant(x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, active, masked, eps, mu, metric,
+             repulse, pipeline: bool | None = None):
+    """One Deffuant step of B worlds, in place on ``x`` [B, N, K] float32.
+
+    ``shown`` [B, N, K]: what agents marked in ``fixed`` [B or 1, N] show
+    instead of their values; ``keys_focal``, ``keys_partner`` [B] int64: the
+    worlds' ``Streams.key`` of the two purposes; ``used`` [B]: pairs drawn
+    per world; ``active`` [B, N] bool, read when ``masked``; ``eps``, ``mu``
+    [B or 1, N] float32. With at least as many worlds as threads (or one
+    thread, or a short step) the worlds run in parallel, each on one thread;
+    otherwise each world's step is pipelined on two threads (``pipeline``
+    forces the choice). All give the sequential model's result bit for bit.
+    """
+    eps_uniform = _uniform_rows(eps, x.shape[0])
+    mu_uniform = _uniform_rows(mu, x.shape[0])
+    if pipeline is None:
+        threads = numba.get_num_threads()
+        pipeline = x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
+    if not pipeline:
+        _deffuant_worlds(x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
+                         eps_uniform, mu, mu_uniform, metric, repulse)
         return
     for b in range(x.shape[0]):
-        eb = eps[0] if eps.shape[0] == 1 else eps[b]
-        mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        order, starts = schedule(focal[b], partner[b], x.shape[1])
-        _deffuant_rounds(x[b], shown[b], fixed, focal[b], partner[b], eb, mb, metric, repulse, order, starts)
+        def row(a):
+            return a[0] if a.shape[0] == 1 else a[b]
+
+        _deffuant_pipelined(x[b], shown[b], row(fixed), rowptr, col, int(keys_focal[b]), int(keys_partner[b]),
+                            int(used[b]), masked, active[b], row(eps), bool(eps_uniform[b]), row(mu),
+                            bool(mu_uniform[b]), metric, repulse)
 
 
-@njit(cache=True, parallel=True)
-def _deffuant_worlds(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
-    for b in prange(x.shape[0]):
-        eb = eps[0] if eps.shape[0] == 1 else eps[b]
-        mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _deffuant_world(x[b], shown[b], fixed, focal[b], partner[b], eb, mb, metric, repulse)
+def _uniform_rows(values: np.ndarray, b: int) -> np.ndarray:
+    """``[B]`` bool: the world's row of a per-agent parameter holds one value."""
+    same = (values == values[:, :1]).all(axis=1)
+    return np.broadcast_to(same, (b,)).copy()
 
 
-@njit(cache=True)
-def schedule(focal, partner, n):
-    """Pair positions grouped by round: pair k goes one round after the last earlier pair sharing an agent.
-
-    Returns ``order`` (positions, round by round, in sequence order within a
-    round) and ``starts`` (round r holds ``order[starts[r]:starts[r + 1]]``).
-    The same rounds as ``sim.core.pairing.rounds``, found in one sequential pass.
-    """
-    m = focal.shape[0]
-    last = np.zeros(n, np.int32)
-    level = np.empty(m, np.int32)
-    top = 0
-    for k in range(m):
-        j = partner[k]
-        if j < 0:
-            level[k] = -1
-            continue
-        i = focal[k]
-        d = max(last[i], last[j]) + 1
-        last[i] = d
-        last[j] = d
-        level[k] = d
-        top = max(top, d)
-    counts = np.zeros(top + 1, np.int64)
-    for k in range(m):
-        if level[k] > 0:
-            counts[level[k] - 1] += 1
-    starts = np.zeros(top + 1, np.int64)
-    for r in range(top):
-        starts[r + 1] = starts[r] + counts[r]
-    order = np.empty(starts[top], np.int64)
-    fill = starts[:top].copy()
-    for k in range(m):
-        r = level[k]
-        if r > 0:
-            order[fill[r - 1]] = k
-            fill[r - 1] += 1
-    return order, starts
-
-
-@njit(cache=True, parallel=True)
-def _deffuant_rounds(x, shown, fixed, focal, partner, eps, mu, metric, repulse, order, starts):
-    for r in range(starts.shape[0] - 1):
-        for q in prange(starts[r], starts[r + 1]):
-            k = order[q]
-            i = focal[k]
-            j = partner[k]
-            _interact(x, shown, fixed, i, j, eps[i], mu[i], eps[j], mu[j], metric, repulse)
+# ---------------------------------------------------------------- algorithmic bias
 
 
 @njit(cache=True, nogil=True)
-def _bias_world(x, shown, fixed, active, rowptr, col, focal, u, eps, mu, metric, repulse, gamma, floor):
+def _bias_world(x, shown, fixed, any_fixed, masked, active, rowptr, col, key_focal, key_partner, used, eps, mu,
+                metric, repulse, gamma, floor):
+    """One world's draws in order: focal as in Deffuant, partner by ``u' * total`` over distance^-gamma weights."""
     k_dims = x.shape[1]
+    n = x.shape[0]
+    order = np.empty(n if masked else 1, np.int64)
+    m = _active_order(active, order) if masked else n
+    if m == 0:
+        return
     weights = np.empty(rowptr.shape[0], dtype=np.float64)
-    for m in range(focal.shape[0]):
-        i = focal[m]
-        if not active[i]:
-            continue
+    one = np.empty(1, np.int64)
+    other = np.empty(1, np.int64)
+    for s in range(used):
+        rank = _below(key_focal, s, m)
+        i = order[rank] if masked else rank
         start = rowptr[i]
-        deg = rowptr[i + 1] - start
+        degree = rowptr[i + 1] - start
         total = 0.0
-        for e in range(deg):
+        last = -1
+        for e in range(degree):
             j = col[start + e]
             w = 0.0
-            if active[j]:
+            if not masked or active[j]:
+                last = e
                 d = 0.0
                 for k in range(k_dims):
-                    diff = np.float64(shown[j, k] if fixed[j] else x[j, k]) - np.float64(x[i, k])
+                    diff = np.float64(shown[j, k] if any_fixed and fixed[j] else x[j, k]) - np.float64(x[i, k])
                     if metric == 0:
                         d += diff * diff
                     else:
@@ -197,30 +467,33 @@ def _bias_world(x, shown, fixed, active, rowptr, col, focal, u, eps, mu, metric,
                 w = max(d, floor) ** (-gamma)
             total += w
             weights[e] = total
-        if total <= 0.0:
+        if last < 0 or total <= 0.0:
             continue
-        target = u[m] * total
-        pick = deg - 1
-        for e in range(deg):
+        target = _uniform(key_partner, s) * total
+        pick = last  # u' * total rounded up to total: the last candidate
+        for e in range(degree):
             if target < weights[e]:
                 pick = e
                 break
-        j = col[start + pick]
-        _interact(x, shown, fixed, i, j, eps[i], mu[i], eps[j], mu[j], metric, repulse)
+        one[0] = i
+        other[0] = col[start + pick]
+        _apply_pairs(x, shown, fixed, any_fixed, one, other, 1, eps, False, mu, False, metric, repulse)
 
 
 @njit(cache=True, parallel=True)
-def algorithmic_bias(x, shown, fixed, active, rowptr, col, focal, u, eps, mu, metric, repulse, gamma, floor):
-    """Deffuant with the partner drawn with probability proportional to distance^-gamma.
+def algorithmic_bias(x, shown, fixed, active, masked, rowptr, col, keys_focal, keys_partner, used, eps, mu, metric,
+                     repulse, gamma, floor):
+    """Deffuant with the partner drawn with probability proportional to distance^-gamma, in place on ``x``.
 
     The partner depends on the current values, so each world runs its draws
-    in sequence (worlds in parallel). ``u`` [B, M] float64 picks the partner.
+    in sequence (worlds in parallel). Arguments as :func:`deffuant`.
     """
     for b in prange(x.shape[0]):
+        fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _bias_world(x[b], shown[b], fixed, active[b], rowptr, col, focal[b], u[b], eb, mb, metric, repulse,
-                    gamma, floor)
+        _bias_world(x[b], shown[b], fb, fb.any(), masked, active[b], rowptr, col, np.uint64(keys_focal[b]),
+                    np.uint64(keys_partner[b]), used[b], eb, mb, metric, repulse, gamma, floor)
 
 
 @njit(cache=True, parallel=True)

@@ -14,9 +14,15 @@ in [0, 1] like epsilon whatever the number of dimensions; ``linf`` the largest
 difference on one dimension; ``per_dimension`` treats each dimension as its
 own opinion (a dimension moves when its own difference is within epsilon).
 
-Kernels: ``numba`` (compiled, CPU, worlds in parallel) and ``torch`` (rounds
-of disjoint pairs, any device) give the sequential model's result; ``auto``
-takes numba on the CPU and torch elsewhere.
+Absent agents (``state.active`` false) are never drawn, as focal agent or as
+partner, and the others keep the interaction rate they would have without
+them (``sim.core.pairing``).
+
+Kernels: ``numba`` (compiled, CPU: the pairs hashed inline from the worlds'
+streams, then applied; worlds in parallel, or one world on two threads) and
+``torch`` (``sim.core.pairing.sample_pairs``, then rounds of disjoint pairs,
+any device) draw the same pairs and give the same values bit for bit;
+``auto`` takes numba on the CPU and torch elsewhere.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import numpy as np
 import torch
 
 from sim.contracts import Interval, PluginParams, State, Streams, World
-from sim.core.pairing import rounds, sample_pairs
+from sim.core.pairing import pair_counts, rounds, sample_pairs
 
 METRICS = {"l2": 0, "linf": 1, "per_dimension": 2}
 
@@ -44,9 +50,14 @@ class _PairwiseParams(PluginParams):
 
 
 def _shown_and_fixed(values: torch.Tensor, expressed: torch.Tensor, world: World):
-    """What each agent shows: its current values, or (``fixed``) a policy's expressed vector."""
-    fixed = ~world.honest
+    """What each agent shows: its current values, or (``fixed`` [B or 1, N]) a policy's expressed vector."""
+    fixed = ~world.honest.reshape(-1, world.n)
     return (expressed if bool(fixed.any()) else values), fixed
+
+
+def _mask(state: State) -> torch.Tensor | None:
+    """The active mask, or None when every agent of every world takes part."""
+    return None if bool(state.active.all()) else state.active
 
 
 def _rates(world: World) -> torch.Tensor:
@@ -65,10 +76,30 @@ class Deffuant:
 
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
               rng: Streams) -> torch.Tensor:
-        count = _draw_count(self.params, world)
-        active = None if bool(state.active.all()) else state.active
-        focal, partner = sample_pairs(world.network, count, rng, "deffuant", active)
+        active = _mask(state)
+        count, used = pair_counts(self.params.pairs_per_agent, world.n, active)
+        if _use_numba(self.params.kernel, values):
+            return self._numba_step(values, expressed, state, world, rng, count, used)
+        focal, partner = sample_pairs(world.network, count, rng, "deffuant", active, used)
         return self.apply_pairs(values, expressed, world, focal, partner)
+
+    def _numba_step(self, values, expressed, state, world, rng, count, used) -> torch.Tensor:
+        """The compiled step: pairs hashed inline from the streams' keys, drawn and applied chunk by chunk."""
+        from . import _numba
+
+        shown, fixed = _shown_and_fixed(values, expressed, world)
+        x = values.contiguous().clone()
+        repulse = self.params.repulsion
+        net = world.network
+        used = torch.full((world.b,), count) if used is None else used
+        _numba.deffuant(x.numpy(), x.numpy() if shown is values else shown.contiguous().numpy(),
+                        fixed.contiguous().numpy(), net.rowptr.numpy(), net.col.numpy(),
+                        rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(), used.numpy(),
+                        state.active.contiguous().numpy(), not bool(state.active.all()),
+                        world.params.confidence.to(torch.float32).contiguous().numpy(),
+                        _rates(world).contiguous().numpy(), METRICS[self.params.distance],
+                        np.inf if repulse is None else float(repulse))
+        return x
 
     def apply_pairs(self, values, expressed, world: World, focal, partner) -> torch.Tensor:
         """Apply given pairs ``[B, M]`` in order (the part the reference loop is tested against)."""
@@ -82,9 +113,9 @@ class Deffuant:
 
             x = values.contiguous().clone()
             shown_np = x.numpy() if shown is values else shown.contiguous().numpy()
-            _numba.deffuant(x.numpy(), shown_np, fixed.numpy(), focal.numpy(), partner.numpy(),
-                            eps.contiguous().numpy(), mu.contiguous().numpy(), metric,
-                            np.inf if repulse is None else float(repulse))
+            _numba.apply_pairs(x.numpy(), shown_np, fixed.contiguous().numpy(), focal.contiguous().numpy(),
+                               partner.contiguous().numpy(), eps.contiguous().numpy(), mu.contiguous().numpy(),
+                               metric, np.inf if repulse is None else float(repulse))
             return x
         return deffuant_torch(values, shown if shown is not values else None, fixed, focal, partner, eps, mu,
                               metric, repulse)
@@ -106,34 +137,28 @@ class AlgorithmicBias(Deffuant):
         kernel: Literal["auto", "numba"] = "auto"
 
     def apply(self, values, expressed, state, world, rng):
-        count = _draw_count(self.params, world)
-        focal = rng.integers("algorithmic_bias/focal", world.n, (world.b, count))
-        u = rng.uniform("algorithmic_bias/partner", (world.b, count), torch.float64)
-        return self.apply_draws(values, expressed, state, world, focal, u)
-
-    def apply_draws(self, values, expressed, state, world, focal, u):
-        """Apply focal draws and partner-choice uniforms ``[B, M]`` in order."""
+        """Slot s: focal agent from draw s of ``algorithmic_bias/focal`` (as Deffuant's), partner from
+        float64 draw s of ``algorithmic_bias/partner`` times the total weight of its active neighbours."""
         from . import _numba
 
         device = values.device
+        active = state.active.cpu().contiguous()
+        count, used = pair_counts(self.params.pairs_per_agent, world.n, _mask(state))
+        used = torch.full((world.b,), count) if used is None else used.cpu()
         shown, fixed = _shown_and_fixed(values, expressed, world)
         x = values.detach().to("cpu", copy=True).contiguous()
         shown_np = x.numpy() if shown is values else shown.cpu().contiguous().numpy()
         net = world.network.to("cpu")
         repulse = self.params.repulsion
         _numba.algorithmic_bias(
-            x.numpy(), shown_np, fixed.cpu().numpy(), state.active.cpu().numpy(), net.rowptr.numpy(),
-            net.col.numpy(), focal.cpu().numpy(), u.cpu().numpy(),
+            x.numpy(), shown_np, fixed.cpu().contiguous().numpy(), active.numpy(), not bool(active.all()),
+            net.rowptr.numpy(), net.col.numpy(), rng.key("algorithmic_bias/focal").cpu().numpy(),
+            rng.key("algorithmic_bias/partner").cpu().numpy(), used.numpy(),
             world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
             _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],
             np.inf if repulse is None else float(repulse), float(self.params.gamma),
             float(self.params.min_distance))
         return x.to(device)
-
-
-def _draw_count(params: _PairwiseParams, world: World) -> int:
-    """Interactions drawn per world in one step."""
-    return max(1, round(params.pairs_per_agent * world.n))
 
 
 def _use_numba(kernel: str, values: torch.Tensor) -> bool:
@@ -149,7 +174,7 @@ def deffuant_torch(values, shown, fixed, focal, partner, eps, mu, metric: int, r
     b, n, k = values.shape
     x = values.clone().reshape(b * n, k)
     shows = x if shown is None else shown.reshape(b * n, k)
-    fixed_flat = fixed.to(values.device).repeat(b)
+    fixed_flat = fixed.to(values.device).expand(b, n).reshape(-1)
     eps_flat = eps.expand(b, n).reshape(-1)
     mu_flat = mu.expand(b, n).reshape(-1)
     for world, position in rounds(focal, partner, n):

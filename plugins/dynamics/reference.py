@@ -19,15 +19,38 @@ def _distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
     return float(np.max(np.abs(diff)))
 
 
-def deffuant_reference(x, focal, partner, eps, mu, metric="l2", repulsion=None):
-    """Sequential Deffuant on one world: ``x`` [N, K] float32, pairs applied in order; returns a new array."""
+def pairs_reference(rowptr, col, active, u_focal, u_partner, used):
+    """One world's (focal, partner) slots from their float64 uniforms, as ``sim.core.pairing`` defines them.
+
+    Slot s < ``used``: the focal agent is the ``floor(u_focal[s] * m)``-th of
+    the m active agents, the partner the ``floor(u_partner[s] * d)``-th of its
+    d active neighbours (-1 if it has none). Later slots are (-1, -1).
+    """
+    agents = [i for i in range(len(active)) if active[i]]
+    focal, partner = [-1] * len(u_focal), [-1] * len(u_focal)
+    for s in range(used if agents else 0):
+        i = agents[min(int(u_focal[s] * len(agents)), len(agents) - 1)]
+        candidates = [j for j in col[rowptr[i]:rowptr[i + 1]].tolist() if active[j]]
+        focal[s] = i
+        if candidates:
+            partner[s] = candidates[min(int(u_partner[s] * len(candidates)), len(candidates) - 1)]
+    return np.array(focal, dtype=np.int64), np.array(partner, dtype=np.int64)
+
+
+def deffuant_reference(x, focal, partner, eps, mu, metric="l2", repulsion=None, shown=None, fixed=None):
+    """Sequential Deffuant on one world: ``x`` [N, K] float32, pairs applied in order; returns a new array.
+
+    An agent marked in ``fixed`` shows the row of ``shown`` instead of its values.
+    """
     x = np.array(x, dtype=np.float32, copy=True)
     for i, j in zip(focal.tolist(), partner.tolist()):
         if j < 0:
             continue
         xi, xj = x[i].copy(), x[j].copy()
-        x[i] = _move(xi, xj, np.float32(eps[i]), np.float32(mu[i]), metric, repulsion)
-        x[j] = _move(xj, xi, np.float32(eps[j]), np.float32(mu[j]), metric, repulsion)
+        si = shown[i] if fixed is not None and fixed[i] else xi
+        sj = shown[j] if fixed is not None and fixed[j] else xj
+        x[i] = _move(xi, sj, np.float32(eps[i]), np.float32(mu[i]), metric, repulsion)
+        x[j] = _move(xj, si, np.float32(eps[j]), np.float32(mu[j]), metric, repulsion)
     return x
 
 
@@ -76,11 +99,17 @@ def hegselmann_krause_reference(x, neighbours, eps, metric="l2"):
     return out
 
 
-def algorithmic_bias_reference(x, rowptr, col, focal, u, eps, mu, gamma, min_distance=1e-5, metric="l2"):
-    """Sequential algorithmic-bias Deffuant on one world; partner picked by ``u`` over distance^-gamma weights."""
+def algorithmic_bias_reference(x, rowptr, col, focal, u, eps, mu, gamma, min_distance=1e-5, metric="l2",
+                               active=None):
+    """Sequential algorithmic-bias Deffuant on one world; partner picked by ``u`` over distance^-gamma weights.
+
+    ``focal`` -1 is an unused slot; only ``active`` neighbours are candidates.
+    """
     x = np.array(x, dtype=np.float32, copy=True)
     for i, ui in zip(focal.tolist(), u.tolist()):
-        nbrs = col[rowptr[i]:rowptr[i + 1]].tolist()
+        if i < 0:
+            continue
+        nbrs = [j for j in col[rowptr[i]:rowptr[i + 1]].tolist() if active is None or active[j]]
         if not nbrs:
             continue
         weights = np.array([max(_distance(x[i], x[j], metric), min_distance) ** (-gamma) for j in nbrs])

@@ -3,7 +3,20 @@
 The sequential Deffuant model (as in Deffuant et al. 2000 and NDlib) repeats:
 pick a focal agent uniformly at random, pick one of its neighbours uniformly
 at random, let the two interact. :func:`sample_pairs` draws M such pairs per
-world, i.i.d., in one vectorised call.
+world, i.i.d., in one vectorised call; the compiled CPU kernels
+(``plugins/dynamics/_numba.py``) draw the very same pairs inline.
+
+**Absent agents.** An agent with ``active[b, i]`` false is not in world b: it
+is never a focal agent and never a partner (its neighbours choose among their
+active neighbours), and the others interact at the rate they would have
+without it: a world with ``m_b`` active agents uses the first
+``round(pairs_per_agent * m_b)`` of its ``round(pairs_per_agent * N)`` draw
+slots (:func:`pair_counts`). Twins stay aligned because the choice is made
+by the same uniforms among the active rows: slot s's focal agent is the
+``floor(u_s * m_b)``-th active agent and its partner the
+``floor(u'_s * d)``-th of the focal agent's ``d`` active neighbours (in CSR
+order). A world whose absent agents are the last rows of a complete graph
+therefore draws exactly the pairs of the scenario built without them.
 
 Applying them in a batch must not change their meaning. :func:`rounds`
 splits a pair sequence into rounds in which no agent appears twice, keeping
@@ -20,16 +33,54 @@ from .rng import Streams
 from .state import Network
 
 
-def sample_pairs(network: Network, count: int, rng: Streams, purpose: str,
-                 active: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``count`` (focal, partner) pairs per world: ``[B, M]`` int64 each.
+def pair_counts(pairs_per_agent: float, n: int, active: torch.Tensor | None = None) -> tuple[int, torch.Tensor | None]:
+    """Draw slots per world (``max(1, round(pairs_per_agent * N))``) and, under a mask, the slots used ``[B]``.
 
-    The focal agent is uniform over all agents and the partner uniform over
-    the focal agent's neighbours. A pair that cannot happen (isolated focal
-    agent, or an inactive agent on either side) has partner ``-1``: the draw
-    is spent, as in the sequential model, but nothing moves.
+    A world with ``m`` active agents uses ``max(1, round(pairs_per_agent * m))``
+    slots (none when ``m = 0``): the count the scenario without its absent
+    agents would draw. ``None`` means every world uses every slot.
     """
-    focal = rng.integers(f"{purpose}/focal", network.n, (rng.b, count))
+    count = max(1, round(pairs_per_agent * n))
+    if active is None:
+        return count, None
+    m = active.sum(1)
+    # torch.round, like Python's round, rounds half to even; the product is the same float64
+    used = (pairs_per_agent * m.double()).round().clamp_min(1).long()
+    return count, torch.where(m > 0, used, torch.zeros_like(used))
+
+
+def focal_agents(n: int, count: int, rng: Streams, purpose: str, active: torch.Tensor | None = None,
+                 used: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, count]`` focal agents: slot s is the ``floor(u_s * m_b)``-th active agent; -1 in unused slots.
+
+    ``u_s`` is draw s of ``purpose`` (through ``rng.integers``); without a
+    mask ``m_b = N`` and the rank is the agent.
+    """
+    if active is None:
+        return rng.integers(purpose, n, (rng.b, count))
+    m = active.sum(1, keepdim=True)
+    rank = rng.integers(purpose, m.clamp_min(1), (rng.b, count))
+    order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # active agents first, ascending
+    focal = order.gather(1, rank)
+    slot = torch.arange(count, device=focal.device)
+    return torch.where(slot[None, :] < used[:, None], focal, torch.full_like(focal, -1))
+
+
+def sample_pairs(network: Network, count: int, rng: Streams, purpose: str, active: torch.Tensor | None = None,
+                 used: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``count`` (focal, partner) slots per world: ``[B, count]`` int64 each.
+
+    Focal agents come from draws of ``{purpose}/focal`` (:func:`focal_agents`)
+    and partners from float64 uniforms of ``{purpose}/partner``
+    (:func:`partners`). ``active`` [B, N] and ``used`` [B] (from
+    :func:`pair_counts`) apply a mask; without one every agent takes part
+    and every slot is used. A focal agent without an (active) neighbour has
+    partner -1: the draw is spent, as in the sequential model, and nothing
+    moves; an unused slot is (-1, -1).
+    """
+    if active is not None and used is None:
+        raise ValueError("sample_pairs: a mask needs the slots each world uses (pair_counts)")
+    focal = focal_agents(network.n, count, rng, f"{purpose}/focal", active, used)
     # float64 so that floor(u * degree) is exact for any realistic degree
     u = rng.uniform(f"{purpose}/partner", (rng.b, count), torch.float64)
     return focal, partners(network, focal, u, active)
@@ -37,16 +88,33 @@ def sample_pairs(network: Network, count: int, rng: Streams, purpose: str,
 
 def partners(network: Network, focal: torch.Tensor, u: torch.Tensor,
              active: torch.Tensor | None = None) -> torch.Tensor:
-    """The neighbour of each focal agent picked by ``u`` in [0, 1): ``col[rowptr[i] + floor(u * degree)]``."""
+    """The neighbour of each focal agent picked by ``u`` in [0, 1): the ``floor(u * d)``-th of its d (active) neighbours.
+
+    Without a mask that is ``col[rowptr[i] + floor(u * degree)]``. Under a
+    mask the active neighbours are counted with a running sum over the edge
+    list (``[B, E]``), and the pick is found by a sorted search in it.
+    Focal -1 (an unused slot) and a focal agent without candidates give -1.
+    """
     if network.col.numel() == 0:
         return torch.full_like(focal, -1)
-    start = network.rowptr[focal]
-    degree = network.rowptr[focal + 1] - start
-    offset = torch.minimum((u * degree).long(), (degree - 1).clamp_min(0))
-    partner = network.col[(start + offset).clamp_max(network.col.numel() - 1)]
-    possible = degree > 0
-    if active is not None:
-        possible &= torch.gather(active, 1, focal) & torch.gather(active, 1, partner)
+    edges = network.col.numel()
+    agent = focal.clamp_min(0)
+    start = network.rowptr[agent]
+    end = network.rowptr[agent + 1]
+    if active is None:
+        degree = end - start
+        offset = torch.minimum((u * degree).long(), (degree - 1).clamp_min(0))
+        partner = network.col[(start + offset).clamp_max(edges - 1)]
+    else:
+        # live[b, e]: how many of col[:e] are active in world b
+        live = torch.nn.functional.pad(active[:, network.col].long().cumsum(1), (1, 0))
+        before = live.gather(1, start)
+        degree = live.gather(1, end) - before
+        rank = torch.minimum((u * degree).long(), (degree - 1).clamp_min(0))
+        # the edge at which the running count first reaches before + rank + 1 is the rank-th active neighbour
+        edge = torch.searchsorted(live[:, 1:].contiguous(), before + rank + 1)
+        partner = network.col[edge.clamp_max(edges - 1)]
+    possible = (focal >= 0) & (degree > 0)
     return torch.where(possible, partner, torch.full_like(partner, -1))
 
 
