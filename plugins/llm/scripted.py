@@ -58,7 +58,7 @@ class ScriptedBackend:
         return [self._answer(r) for r in requests]
 
     async def choose(self, requests: list[ChoiceRequest]) -> list[ChoiceResponse]:
-        """Log-probabilities ``log_softmax(hints["scores"])`` (uniform without scores); the pick as the contract says."""
+        """Log-probabilities ``log_softmax(hints["scores"])`` (uniform without scores); picks as the contract says."""
         return [_choice(r) for r in requests]
 
     def _answer(self, request: ChatRequest) -> ChatResponse:

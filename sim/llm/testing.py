@@ -49,7 +49,8 @@ from typing import Any
 
 from .choice import OPTIONS_PATTERN, normalised
 
-FAULTS = ("ok", "hang", "malformed", "no_choices", "echo_auth", "huge", "off_format")  # plus any HTTP status given as a string, e.g. "500"
+# plus any HTTP status given as a string, e.g. "500"
+FAULTS = ("ok", "hang", "malformed", "no_choices", "echo_auth", "huge", "off_format")
 
 
 def fake_reply(body: dict[str, Any], follow_format: bool = True) -> str:
