@@ -2,13 +2,14 @@
 
 A *scope* is one group of the world (its contiguous rows) or the whole
 population; scopes are always ordered as the groups, then ``"all"``. Only
-active agents count: an inactive agent is weighted 0. Reductions run on the
-device of the values and accumulate in float64; the metrics move their
-results to the CPU at the end.
+active agents count: an inactive agent is weighted 0, and a scope without an
+active agent in a world reads NaN there. Reductions run on the device of the
+values, vectorised over the worlds, accumulate in float64 and stay on that
+device (the run log moves readings to the CPU).
 
-The ``"all"`` scope is pooled from the groups' moments (Chan/Pébay pairwise
-update of central moments) when the groups tile the agent axis, so the data
-are read once per group rather than twice; otherwise it is reduced directly.
+The ``"all"`` scope is pooled from the moments of the groups and of the rows
+between them (Chan/Pébay pairwise update of central moments), so the data are
+read once per row rather than once per scope.
 """
 
 from __future__ import annotations
@@ -33,31 +34,41 @@ def scope_rows(world: World) -> list[slice]:
     return [g.rows for g in world.groups] + [slice(0, world.n)]
 
 
-def tiles(world: World) -> bool:
-    """True when the groups cover rows ``0..N`` in order, without gaps or overlaps."""
-    stop = 0
-    for group in world.groups:
-        if group.start != stop:
-            return False
+def segments(world: World) -> list[slice] | None:
+    """Slices that tile rows ``0..N`` in order: the groups and the rows between them; None if groups overlap."""
+    out, stop = [], 0
+    for group in sorted(world.groups, key=lambda g: g.start):
+        if group.start < stop:
+            return None
+        if group.start > stop:
+            out.append(slice(stop, group.start))
+        out.append(group.rows)
         stop = group.stop
-    return stop == world.n
-
-
-def active_mask(active: torch.Tensor) -> torch.Tensor | None:
-    """``active`` as given, or ``None`` when every agent is active (the cheap path)."""
-    return None if bool(active.all()) else active
+    if stop < world.n:
+        out.append(slice(stop, world.n))
+    return out
 
 
 def per_scope(world: World, reduce) -> list:
-    """``reduce(rows)`` for every scope; scopes with the same rows are computed once."""
+    """``reduce(name, rows)`` for every scope; scopes with the same rows are computed once (first name)."""
     done: dict[tuple[int, int], object] = {}
     results = []
-    for rows in scope_rows(world):
+    for name, rows in zip(scope_names(world), scope_rows(world)):
         key = (rows.start, rows.stop)
         if key not in done:
-            done[key] = reduce(rows)
+            done[key] = reduce(name, rows)
         results.append(done[key])
     return results
+
+
+def scope_counts(active: torch.Tensor, world: World) -> torch.Tensor:
+    """Active agents of each scope: [B, S] int64."""
+    return torch.stack([active[:, rows].sum(1) for rows in scope_rows(world)], 1)
+
+
+def as_reading(value: torch.Tensor) -> torch.Tensor:
+    """Readings are float64 on the values' device."""
+    return value.to(torch.float64)
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,7 @@ class Moments:
     central: tuple[torch.Tensor, ...]
 
     def moment(self, p: int) -> torch.Tensor:
-        """The p-th central moment with divisor n (population form), p >= 2."""
+        """The p-th central moment with divisor n (population form), p >= 2; NaN for an empty scope."""
         return self.central[p - 2] / self.count
 
 
@@ -83,33 +94,27 @@ class Moments:
 BLOCK_ELEMENTS = 1 << 18
 
 
-def _blocks(x: torch.Tensor, mask: torch.Tensor | None):
-    """(float64 rows [B, r, D], mask [B, r, 1] or None) in blocks along the agent axis."""
+def _blocks(x: torch.Tensor, mask: torch.Tensor):
+    """(float64 rows [B, r, D], mask [B, r, 1]) in blocks along the agent axis."""
     rows = max(1, BLOCK_ELEMENTS // max(1, x.shape[0] * x.shape[2]))
     for start in range(0, x.shape[1], rows):
-        part_mask = None if mask is None else mask[:, start : start + rows, None]
-        yield x[:, start : start + rows].double(), part_mask
+        yield x[:, start : start + rows].double(), mask[:, start : start + rows, None]
 
 
-def _group_moments(x: torch.Tensor, mask: torch.Tensor | None, order: int):
-    """(count [B, 1], mean [B, D] (0 when empty), central sums) of ``x`` [B, n, D]."""
-    b, n, d = x.shape
+def _segment_moments(x: torch.Tensor, mask: torch.Tensor, order: int):
+    """(count [B, 1], mean [B, D] (0 when empty), central sums) of ``x`` [B, n, D] over ``mask`` [B, n]."""
+    b, _, d = x.shape
     options = {"dtype": torch.float64, "device": x.device}
-    if mask is None:
-        count = torch.full((b, 1), float(n), **options)
-    else:
-        count = mask.sum(1, keepdim=True).double()
+    count = mask.sum(1, keepdim=True).double()
     total = torch.zeros(b, d, **options)
     for part, part_mask in _blocks(x, mask):
-        total += (part if part_mask is None else part.where(part_mask, 0.0)).sum(1)
+        total += part.where(part_mask, 0.0).sum(1)
     mean = total / count.clamp(min=1)
     sums = [torch.zeros(b, d, **options) for _ in range(order - 1)]
     if order < 2:
         return count, mean, sums
     for part, part_mask in _blocks(x, mask):
-        centred = part - mean[:, None]
-        if part_mask is not None:
-            centred = centred.where(part_mask, 0.0)
+        centred = (part - mean[:, None]).where(part_mask, 0.0)
         power = centred
         for p in range(order - 1):
             power = power * centred
@@ -118,7 +123,9 @@ def _group_moments(x: torch.Tensor, mask: torch.Tensor | None, order: int):
 
 
 def _pool(parts: list, order: int):
-    """Combine groups' (count, mean, central sums) into the population's."""
+    """Combine segments' (count, mean, central sums) into the population's."""
+    if len(parts) == 1:
+        return parts[0]
     counts = torch.stack([p[0] for p in parts], 1)  # [B, G, 1]
     means = torch.stack([p[1] for p in parts], 1)  # [B, G, D]
     count = counts.sum(1)
@@ -137,16 +144,13 @@ def _pool(parts: list, order: int):
 
 def scope_moments(x: torch.Tensor, active: torch.Tensor, world: World, order: int = 2) -> Moments:
     """Moments up to ``order`` of ``x`` [B, N, D] over the active agents of each scope."""
-    mask = active_mask(active)
-
-    def reduce(rows: slice):
-        return _group_moments(x[:, rows], None if mask is None else mask[:, rows], order)
-
-    if tiles(world) and world.groups:
-        groups = [reduce(g.rows) for g in world.groups]
-        parts = groups + [_pool(groups, order) if len(groups) > 1 else groups[0]]
+    reduce = lambda rows: _segment_moments(x[:, rows], active[:, rows], order)  # noqa: E731
+    tiling = segments(world)
+    if tiling is None:  # overlapping groups: every scope on its own
+        parts = per_scope(world, lambda name, rows: reduce(rows))
     else:
-        parts = per_scope(world, reduce)
+        done = {(s.start, s.stop): reduce(s) for s in tiling}
+        parts = [done[(g.start, g.stop)] for g in world.groups] + [_pool(list(done.values()), order)]
     count = torch.stack([p[0] for p in parts], 1)
     mean = torch.stack([p[1] for p in parts], 1)
     mean = torch.where(count > 0, mean, torch.nan)
@@ -155,10 +159,5 @@ def scope_moments(x: torch.Tensor, active: torch.Tensor, world: World, order: in
 
 
 def scope_means(x: torch.Tensor, active: torch.Tensor, world: World) -> torch.Tensor:
-    """Mean of ``x`` [B, N, D] over the active agents of each scope: [B, S, D], float64."""
+    """Mean of ``x`` [B, N, D] over the active agents of each scope: [B, S, D], float64, NaN where empty."""
     return scope_moments(x, active, world, order=1).mean
-
-
-def to_reading_tensor(value: torch.Tensor) -> torch.Tensor:
-    """Results leave the metrics as CPU float64."""
-    return value.to(device="cpu", dtype=torch.float64)

@@ -11,7 +11,8 @@ import pytest
 import scipy.stats
 import torch
 
-from plugins.metrics import Clusters, ConsensusTime, Drift, MeanValues, Polarization
+from plugins._pairs import component_sizes, pair_distance_sums
+from plugins.metrics import Clusters, ConsensusTime, Drift, MeanValues, Polarization, sample_rows
 from sim.contracts import AgentParams, Group, Network, State, Streams, World
 from sim.core.valuespace import value_space
 
@@ -68,7 +69,7 @@ def test_mean_values_per_group_and_all():
     reading = observe(MeanValues(MeanValues.Params()), world, state)[0]["mean_values"]
     assert reading.scopes == ("a", "b", "all")
     assert reading.dimensions == ("d0", "d1")
-    assert reading.value.dtype == torch.float64 and reading.value.device.type == "cpu"
+    assert reading.value.dtype == torch.float64 and reading.value.device == state.values.device
     expected = torch.tensor([[[0.25, 1.0], [1.0, 0.25], [0.625, 0.625]]], dtype=torch.float64)
     torch.testing.assert_close(reading.value, expected)
 
@@ -352,7 +353,7 @@ def test_readings_are_shaped_batch_scope_dimension(cls):
     for reading in readings.values():
         assert reading.scopes == ("a", "b", "all")
         assert reading.value.shape == (3, 3, len(reading.dimensions))
-        assert reading.value.dtype == torch.float64 and reading.value.device.type == "cpu"
+        assert reading.value.dtype == torch.float64 and reading.value.device == state.values.device
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -369,5 +370,194 @@ def test_cuda_readings_match_cpu(cls):
     metric = cls(cls.Params())
     on_cpu, on_cuda = observe(metric, world, state)[0], observe(metric, cuda_world, cuda_state)[0]
     for name, reading in on_cpu.items():
-        assert on_cuda[name].value.device.type == "cpu"
-        torch.testing.assert_close(on_cuda[name].value, reading.value, equal_nan=True, atol=1e-6, rtol=1e-6)
+        assert on_cuda[name].value.device.type == "cuda"  # readings stay on the device
+        torch.testing.assert_close(on_cuda[name].value.cpu(), reading.value, equal_nan=True, atol=1e-6, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- slow references
+
+
+def linked(a, b, threshold):
+    """The metric's link rule: sum_k (a_k - b_k)^2 <= K threshold^2, float64 from float32."""
+    d2 = sum((float(x) - float(y)) ** 2 for x, y in zip(a, b))
+    return d2 <= threshold**2 * len(a)
+
+
+def reference_cluster_sizes(points, threshold):
+    """Sizes of the single-linkage components of ``points`` (lists), by a loop over all pairs."""
+    parent = list(range(len(points)))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(points)):
+        for j in range(i + 1, len(points)):
+            if linked(points[i], points[j], threshold):
+                parent[find(i)] = find(j)
+    sizes = {}
+    for i in range(len(points)):
+        sizes[find(i)] = sizes.get(find(i), 0) + 1
+    return sorted(sizes.values())
+
+
+def reference_clusters(sizes, members, scope_size, min_size):
+    """(clusters, largest share) from component sizes, as the docstring of Clusters says."""
+    if scope_size == 0:
+        return math.nan, math.nan
+    counted = [s for s in sizes if (s / members >= min_size if min_size < 1 else s / members * scope_size >= min_size)]
+    return len(counted), max(sizes) / members
+
+
+SCOPES = [("a", range(0, 12)), ("b", range(12, 30)), ("all", range(0, 30))]
+
+
+def absent_world(k, seed=0):
+    """B = 3 worlds of 30 agents in two groups: world 0 all present, world 1 some absent, world 2 group b absent."""
+    values = clumps([0.2, 0.26, 0.7], [10, 10, 10], k, seed=seed, width=0.03)[0]
+    values = torch.stack([values, values.flip(0), values.roll(7, 0)])
+    active = torch.ones(3, 30, dtype=torch.bool)
+    active[1, [0, 3, 13, 29]] = False
+    active[2, 12:] = False
+    return values, active
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("min_size", [0.05, 3])
+def test_clusters_match_a_slow_reference_with_absent_agents(k, min_size):
+    values, active = absent_world(k, seed=k)
+    world, state = make(values, groups=two_groups(12, 18), active=active)
+    readings = observe(Clusters(Clusters.Params(threshold=0.04, min_size=min_size)), world, state)[0]
+    for w in range(3):
+        for s, (_, rows) in enumerate(SCOPES):
+            points = [values[w, i].tolist() for i in rows if active[w, i]]
+            sizes = reference_cluster_sizes(points, 0.04) if points else []
+            expected = reference_clusters(sizes, len(points), len(points), min_size)
+            got = (readings["clusters"].value[w, s, 0].item(), readings["largest_cluster"].value[w, s, 0].item())
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert math.isnan(readings["clusters"].value[2, 1, 0]) and not math.isnan(readings["clusters"].value[2, 2, 0])
+
+
+def test_sampled_clusters_are_the_components_of_the_sample():
+    values = clumps([0.1, 0.14, 0.5, 0.9], [300, 300, 250, 150], 3, seed=8, width=0.03).expand(2, -1, -1).clone()
+    values[1] = values[1].flip(0)
+    active = rng_values((2, 1000), 9) > 0.3
+    world, state = make(values, groups=two_groups(400, 600), active=active)
+    metric = Clusters(Clusters.Params(sample=150, min_size=0.02))
+    streams = Streams.of(3, 2)
+    readings = {r.metric: r for r in metric.observe(state, world, None, streams)[0]}
+    for s, (name, rows) in enumerate([("a", range(0, 400)), ("b", range(400, 1000)), ("all", range(0, 1000))]):
+        picked, valid = sample_rows(active[:, rows], 150, streams, f"clusters/{name}/sample")
+        for w in range(2):
+            assert valid[w].all() and active[w, rows.start + picked[w]].all()  # only active agents are sampled
+            assert len(set(picked[w].tolist())) == 150
+            points = [values[w, rows.start + i].tolist() for i in picked[w].tolist()]
+            sizes = reference_cluster_sizes(points, 0.05)
+            expected = reference_clusters(sizes, 150, int(active[w, rows].sum()), 0.02)
+            got = (readings["clusters"].value[w, s, 0].item(), readings["largest_cluster"].value[w, s, 0].item())
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_both_linkage_kernels_match_the_reference(kernel):
+    g = torch.Generator().manual_seed(11)
+    values = torch.rand(3, 60, 5, generator=g) * 0.3  # dense enough for chains and several components
+    rows = torch.stack([torch.randperm(60, generator=g)[:50] for _ in range(3)])
+    valid = torch.rand(3, 50, generator=g) > 0.2
+    offsets = [0, 20, 20, 50]  # an empty segment too
+    sizes = component_sizes(values, rows, valid, offsets, 0.1**2 * 5, kernel=kernel)
+    assert sizes.shape == (3, 50) and sizes.dtype == torch.int64
+    for w in range(3):
+        for lo, hi in zip(offsets[:-1], offsets[1:]):
+            points = [values[w, rows[w, c]].tolist() for c in range(lo, hi) if valid[w, c]]
+            got = sorted(v for v in sizes[w, lo:hi].tolist() if v)
+            assert got == (reference_cluster_sizes(points, 0.1) if points else [])
+
+
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_both_pair_distance_kernels_match_a_double_loop(kernel):
+    g = torch.Generator().manual_seed(12)
+    values = torch.rand(2, 25, 3, generator=g)
+    rows = torch.arange(25).expand(2, 25)
+    valid = torch.rand(2, 25, generator=g) > 0.3
+    sums = pair_distance_sums(values, rows, valid, [0, 10, 25], kernel=kernel)
+    for w in range(2):
+        for s, (lo, hi) in enumerate([(0, 10), (10, 25)]):
+            points = [values[w, i].double().tolist() for i in range(lo, hi) if valid[w, i]]
+            expected = sum(math.dist(p, q) for i, p in enumerate(points) for q in points[i + 1:])
+            assert sums[w, s].item() == pytest.approx(expected, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- absent agents
+
+
+ALL_METRICS = [MeanValues, Drift, Polarization, Clusters, ConsensusTime]
+
+
+@pytest.mark.parametrize("cls", ALL_METRICS)
+def test_an_absent_agent_is_not_counted(cls):
+    values, active = absent_world(3)
+    initial = rng_values((3, 30, 3), 13)
+    world, state = make(values, initial=initial, groups=two_groups(12, 18), active=active)
+    corner = 1 - values.round()  # absent agents jump to the far corner ...
+    chain = corner.clone()  # ... or, in world 2, would bridge the clumps at 0.26 and 0.7
+    chain[:, 12:] = torch.linspace(0.2, 0.7, 18)[None, :, None]
+    params = cls.Params(exact_max=10, sample_pairs=500) if cls is Polarization else cls.Params()
+    first = observe(cls(params), world, state)[0]
+    for elsewhere in (corner, chain):
+        _, moved = make(torch.where(active[..., None], values, elsewhere), initial=initial,
+                        groups=two_groups(12, 18), active=active)
+        second = observe(cls(params), world, moved)[0]
+        for name, reading in first.items():
+            torch.testing.assert_close(second[name].value, reading.value, equal_nan=True, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("cls", ALL_METRICS)
+def test_a_group_absent_from_one_world_reads_nan_there(cls):
+    values, active = absent_world(3)
+    world, state = make(values, initial=rng_values((3, 30, 3), 14), groups=two_groups(12, 18), active=active)
+    for reading in observe(cls(cls.Params()), world, state)[0].values():
+        value = reading.value
+        if reading.scopes == ("a", "b", "all"):
+            assert torch.isnan(value[2, 1]).all()  # group b is absent from world 2
+            ok = [(w, s) for w in range(3) for s in range(3) if (w, s) != (2, 1)]
+        else:
+            ok = [(w, 0) for w in range(3)]
+        if reading.metric in ("bimodality", "consensus_time"):
+            continue  # these may be NaN where agents are present
+        for w, s in ok:
+            assert not torch.isnan(value[w, s]).any(), (reading.metric, w, s)
+
+
+@pytest.mark.parametrize("cls", ALL_METRICS)
+def test_a_world_without_active_agents_reads_nan(cls):
+    values = rng_values((2, 10, 2), 15)
+    active = torch.ones(2, 10, dtype=torch.bool)
+    active[1] = False
+    world, state = make(values, groups=two_groups(4, 6), active=active)
+    for reading in observe(cls(cls.Params()), world, state)[0].values():
+        assert torch.isnan(reading.value[1]).all(), reading.metric
+        if reading.metric not in ("bimodality", "consensus_time"):
+            assert not torch.isnan(reading.value[0]).any(), reading.metric
+
+
+def reference_spread(points):
+    return max(max(p[d] for p in points) - min(p[d] for p in points) for d in range(len(points[0])))
+
+
+def test_drift_and_consensus_match_slow_references_with_absent_agents():
+    values, active = absent_world(3)
+    initial = rng_values((3, 30, 3), 16)
+    world, state = make(values, initial=initial, groups=two_groups(12, 18), active=active)
+    drift = observe(Drift(Drift.Params()), world, state)[0]["drift"].value
+    spread = observe(ConsensusTime(ConsensusTime.Params()), world, state)[0]["spread"].value
+    for w in range(3):
+        for s, (_, rows) in enumerate(SCOPES):
+            present = [i for i in rows if active[w, i]]
+            if not present:
+                continue
+            moved = [math.dist(values[w, i].double().tolist(), initial[w, i].double().tolist()) for i in present]
+            assert drift[w, s, 0].item() == pytest.approx(sum(moved) / len(moved), rel=1e-6)
+        points = [values[w, i].tolist() for i in range(30) if active[w, i]]
+        assert spread[w, 0, 0].item() == pytest.approx(reference_spread(points), abs=1e-7)
