@@ -53,6 +53,9 @@ def test_the_wheel_holds_every_agent_definition(wheel):
     assert definitions and any("/questionnaires/" in d for d in definitions)
     missing = [d for d in definitions if f"sim/data/{d}" not in shipped]
     assert not missing, f"not in {wheel.name}: {missing}"
+    templates = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "sim" / "plugin" / "templates").rglob("*.tmpl"))
+    assert len(templates) >= 4 + 5 * 4  # the shared files and four per kind
+    assert not [t for t in templates if t not in shipped], "`valuesim new plugin` needs its templates in the wheel"
 
 
 def test_a_scenario_copied_alone_runs_from_the_installed_wheel(wheel, tmp_path):
@@ -71,6 +74,9 @@ def test_a_scenario_copied_alone_runs_from_the_installed_wheel(wheel, tmp_path):
                                  "--set", "population.people.count=200", "--runs-dir", "runs", "--quiet", "--json"],
                                 **run), "valuesim run town.yaml")
     assert json.loads(ran.stdout)["status"] == "complete"
+    made = _check(subprocess.run([python, "-m", "sim.cli", "new", "plugin", "protocol", "town_hall", "--dir", "code"],
+                                 **run), "valuesim new plugin protocol")
+    assert (tmp_path / "elsewhere" / made.stdout.strip() / "valuesim_town_hall" / "plugin.py").is_file()
 
 
 def test_the_project_agents_folder_comes_first_and_the_installed_one_fills_in(tmp_path):

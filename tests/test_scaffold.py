@@ -92,8 +92,8 @@ def test_kind_words_and_bad_input(tmp_path):
     assert scaffold_plugin("Policies", "first", tmp_path).name == "valuesim-first"
     with pytest.raises(ValuesimError, match=re.escape(f"{tmp_path / 'valuesim-first'} already exists")):
         scaffold_plugin("policy", "first", tmp_path)
-    with pytest.raises(ValuesimError, match="kind 'protocols'"):
-        scaffold_plugin("protocols", "second", tmp_path)
+    with pytest.raises(ValuesimError, match=r"kind 'trainer' \(kinds: policy, dynamics, metric, network, protocol\)"):
+        scaffold_plugin("trainer", "second", tmp_path)
     with pytest.raises(ValuesimError, match="did you mean 'metric'"):
         scaffold_plugin("metrc", "second", tmp_path)
     for bad in ("my-policy", "2nd", "trailing_", "", "über"):
