@@ -182,3 +182,22 @@ def test_protocol_events_and_outcomes_reach_the_run_log(tmp_path):
     reached = run.metrics().query("metric == 'broadcast.reached'")
     assert reached["step"].tolist() == list(range(11)) and reached["value"].iloc[1:].gt(0).all()
     assert [e["reached"] for e in events] == [[int(v)] for v in reached["value"].iloc[1:]]
+
+
+def test_a_policy_parameter_varies_across_the_worlds_of_one_batch():
+    def with_margin(margin):
+        return _scenario(population=[
+            {"name": "people", "count": 120, "confidence": {"dist": "uniform", "low": 0.2, "high": 0.5}, "rate": 0.3},
+            {"name": "pushers", "count": 6, "confidence": 0.3,
+             "policy": {"strategic_influencer": {"goal": [0.95, 0.05], "margin": margin}}}])
+
+    swarm = sim.build(with_margin(0.9), worlds=3)
+    swarm.vary_policy("pushers", [{"margin": 0.2}, {}, {"margin": 0.2}])
+    swarm.advance(5)
+    for world, margin in ((0, 0.2), (1, 0.9), (2, 0.2)):
+        alone = sim.build(with_margin(margin), streams=[world])
+        alone.advance(5)
+        assert torch.equal(swarm.state.values[world], alone.state.values[0])
+    assert len(swarm._variants[1][0]) == 2  # two distinct parameter sets, not three policies  # noqa: SLF001
+    with pytest.raises(ValueError, match=r"strategic_influencer parameters of world 0: margin: must be in \(0, 1\], got 2"):
+        swarm.vary_policy("pushers", [{"margin": 2.0}] * 3)

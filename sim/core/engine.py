@@ -58,6 +58,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
 
 import torch
+from pydantic import ValidationError
 
 from ..errors import RunStop, ScenarioError
 from .contracts import PolicyOutput, ProtocolOutput, Reading
@@ -105,6 +106,7 @@ class Simulation:
         self._fingerprint = self._checksum()
         self._resets = 0
         self._step_cache: dict[str, torch.Tensor] = {}
+        self._variants: dict[int, tuple[list[tuple[str, Any]], torch.Tensor]] = {}
 
     # ------------------------------------------------------------------ stepping
 
@@ -201,8 +203,7 @@ class Simulation:
         if given is not None:
             shown = self._external(group, "express", given, (self.world.k,))
         else:
-            name, policy = self.policies[index]
-            shown = self._call_policy("express", name, policy, group, rng)
+            shown = self._own_expression(index, group, rng)
             own = self.state.own_policy[:, group.rows]
             baseline = self.baselines[index]
             if not bool(own.all()):
@@ -213,6 +214,49 @@ class Simulation:
                 shown = torch.where(own[..., None], shown, base)
         self._step_cache[group.name] = shown
         return shown
+
+    def _own_expression(self, index: int, group: Group, rng: Streams) -> torch.Tensor:
+        """The group policy's expression; with per-world parameters, each world's variant's."""
+        if index not in self._variants:
+            name, policy = self.policies[index]
+            return self._call_policy("express", name, policy, group, rng)
+        variants, choice = self._variants[index]
+        shown = torch.stack([self._call_policy("express", name, policy, group, rng) for name, policy in variants])
+        return shown[choice, torch.arange(self.world.b, device=choice.device)]
+
+    def vary_policy(self, group: str, params: list[dict[str, Any]]) -> None:
+        """Give group ``group``'s policy other parameters in each world: ``params[b]`` overrides world b's.
+
+        A sweep or a swarm over a policy's parameters in one batch: each distinct
+        set of parameters becomes one instance of the group's policy class, every
+        instance expresses for all worlds and each world keeps its own instance's
+        output (so the cost grows with the number of distinct sets, not with B).
+        """
+        index = [g.name for g in self.world.groups].index(group)
+        if len(params) != self.world.b:
+            raise ValueError(f"vary_policy needs one parameter set per world ({self.world.b}), got {len(params)}")
+        name, policy = self.policies[index]
+        cls = type(policy)
+        distinct: list[str] = []
+        variants, choice = [], []
+        for override in params:
+            merged = {**policy.params.model_dump(), **override}
+            key = repr(sorted(merged.items()))
+            if key not in distinct:
+                distinct.append(key)
+                try:
+                    validated = cls.Params.model_validate(merged)
+                except ValidationError as exc:
+                    problem = exc.errors()[0]
+                    field = ".".join(map(str, problem["loc"]))
+                    raise ValueError(f"{name} parameters of world {len(choice)}: {field}: {problem['msg']}") from None
+                variants.append((name, cls(validated)))
+            choice.append(distinct.index(key))
+        for _, variant in variants:
+            prepare = getattr(variant, "prepare", None)
+            if prepare is not None:
+                prepare(self.world, self.world.groups[index])
+        self._variants[index] = (variants, torch.tensor(choice, device=self.world.device))
 
     def _external(self, group: Group, action: str, given: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         want = (self.world.b, group.size, *shape)
