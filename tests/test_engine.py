@@ -199,5 +199,6 @@ def test_a_policy_parameter_varies_across_the_worlds_of_one_batch():
         alone.advance(5)
         assert torch.equal(swarm.state.values[world], alone.state.values[0])
     assert len(swarm._variants[1][0]) == 2  # two distinct parameter sets, not three policies  # noqa: SLF001
-    with pytest.raises(ValueError, match=r"strategic_influencer parameters of world 0: margin: must be in \(0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"strategic_influencer parameters of world 0: margin: "
+                                         r"must be in \(0, 1\], got 2"):
         swarm.vary_policy("pushers", [{"margin": 2.0}] * 3)
