@@ -301,12 +301,21 @@ class BadPrepare(PolicyBase):
 
 
 class MetricBase:
-    """The mean of everything."""
+    """The mean of every active agent's values."""
 
     Params = NoParams
 
     def __init__(self, params):
         self.params = params
+
+    def observe(self, state, world, carry, rng):
+        weight = state.active.double()[..., None]
+        mean = (state.values.double() * weight).sum((1, 2)) / (weight.sum((1, 2)) * world.k)
+        return [Reading("mean", mean.view(-1, 1, 1), ("all",))], carry
+
+
+class CountsEveryone(MetricBase):
+    """The mean of everything, inactive agents included."""
 
     def observe(self, state, world, carry, rng):
         mean = state.values.double().mean((1, 2)).view(-1, 1, 1)
@@ -441,6 +450,10 @@ RUNNING = [
                               "[B, len(scopes), len(dimensions)] = [2, 1, 1]"),
     ("metrics", NoCarry, "observe() returned a list; return (readings, carry): a list of sim.contracts.Reading "
                          "and the metric's memory (None if it keeps none)"),
+    ("metrics", CountsEveryone, "reading 'mean' of world 0 changed when only the values of agent 2, inactive in "
+                                "world 0 (state.active[0, 2] is False), changed; an inactive agent is not in the "
+                                "world: leave it out of every scope (weight by state.active and count only active "
+                                "agents)"),
     ("networks", IdsOutOfRange, "build() returned an unusable edge array for N=12: "
                                 "edge endpoints must be in [0, 12), got values from 0 to 12"),
     ("networks", NodesFromOne, "build() returned an unusable graph for N=12: the graph's nodes must be the "

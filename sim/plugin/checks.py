@@ -406,7 +406,8 @@ def check_metric(cls: type, params: dict | None = None) -> None:
     """Static checks, then two observations of :func:`tiny_world`, the second given the first's carry.
 
     observe returns ``(readings, carry)``, each reading a :class:`~sim.contracts.Reading` with a name, tuples of
-    scopes and dimensions and a float tensor [B, len(scopes), len(dimensions)]; no input changes; it repeats.
+    scopes and dimensions and a float tensor [B, len(scopes), len(dimensions)]; no input changes; it repeats;
+    and it does not count an inactive agent (see :func:`_check_absent_agent_not_counted`).
     """
     with _reporting("metrics", *_identity(cls)):
         plugin = _instantiate("metrics", cls, params, "check_metric")
@@ -419,6 +420,33 @@ def check_metric(cls: type, params: dict | None = None) -> None:
                 return plugin.observe(state, world, copy.deepcopy(carry), _streams())
 
             _, carry = _run("observe()", run, _inputs(world, state), _reading_values)
+        _check_absent_agent_not_counted(plugin)
+
+
+ABSENT_AGENT = (0, 2)  # (world, agent) made inactive by the metric check
+
+
+def _check_absent_agent_not_counted(plugin: Any) -> None:
+    """With agent 2 inactive in world 0, moving its values to the far corner changes no reading of any world."""
+    world, state = tiny_world()
+    absent_world, agent = ABSENT_AGENT
+    state.active[absent_world, agent] = False
+    moved = state.values.clone()
+    moved[absent_world, agent] = 1 - moved[absent_world, agent].round()
+    readings = []
+    for values in (state.values, moved):
+        observed = copy.copy(state)  # the same state (active mask, protocols, ...) but for the values
+        observed.values = values
+        run = lambda observed=observed: plugin.observe(observed, world, None, _streams())  # noqa: E731
+        readings.append(_run("observe()", run, _inputs(world, observed), _reading_values)[0])
+    for before, after in zip(*readings):
+        for w in range(B):
+            if not torch.allclose(before.value[w], after.value[w], rtol=0, atol=0, equal_nan=True):
+                raise _Failure(
+                    f"reading {before.metric!r} of world {w} changed when only the values of agent {agent}, "
+                    f"inactive in world {absent_world} (state.active[{absent_world}, {agent}] is False), changed; "
+                    "an inactive agent is not in the world: leave it out of every scope "
+                    "(weight by state.active and count only active agents)")
 
 
 def _reading_values(result: Any) -> list[torch.Tensor]:
