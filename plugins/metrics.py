@@ -49,6 +49,9 @@ class MeanValues:
     """``mean_values`` [B, S, K]: the mean value of each dimension over the scope's active agents."""
 
     Params = NoParams
+    # The names of the readings it writes (``Reading.metric``), each described by its ``name`` [shape]: entry
+    # in the docstring; the run log's metric catalogue (manifest, metrics.parquet metadata) is built from them.
+    writes = ("mean_values",)
 
     def __init__(self, params: NoParams):
         self.params = params
@@ -71,6 +74,7 @@ class Drift:
     """
 
     Params = NoParams
+    writes = ("drift", "drift_dimension", "mean_shift")
 
     def __init__(self, params: NoParams):
         self.params = params
@@ -105,10 +109,9 @@ def _mean_from_sums(sums: torch.Tensor, m: torch.Tensor, k: int) -> torch.Tensor
 
 
 def rows_of_ranks(active: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-    """Row of the r-th active agent of each world: ranks [B, P] -> rows [B, P] (ranks past the end: the last row)."""
-    order = torch.cumsum(active, 1)  # order[b, i]: active agents up to and including row i
-    rows = torch.searchsorted(order, ranks + 1)
-    return rows.clamp(max=active.shape[1] - 1)
+    """Row of the r-th active agent of each world: ranks [B, P] -> rows [B, P] (ranks past the end: some row)."""
+    in_order = torch.sort((~active).to(torch.uint8), dim=1, stable=True).indices  # the active rows first, in order
+    return in_order.gather(1, ranks.clamp(max=active.shape[1] - 1))
 
 
 def sampled_mean_distance(x: torch.Tensor, active: torch.Tensor, pairs: int, rng: Streams,
@@ -125,7 +128,8 @@ def sampled_mean_distance(x: torch.Tensor, active: torch.Tensor, pairs: int, rng
     first = (u[..., 0] * m[:, None]).long()
     second = (u[..., 1] * (m[:, None] - 1).clamp(min=0)).long()
     second = second + (second >= first)
-    first, second = rows_of_ranks(active, first), rows_of_ranks(active, second)
+    rows = rows_of_ranks(active, torch.cat([first, second], 1))
+    first, second = rows[:, :pairs], rows[:, pairs:]
     pick = lambda rows: x.gather(1, rows[..., None].expand(-1, -1, k)).double()  # noqa: E731
     distance = torch.linalg.vector_norm(pick(first) - pick(second), dim=2).mean(1) / math.sqrt(k)
     return torch.where(m >= 2, distance, torch.nan)
@@ -179,6 +183,7 @@ class Polarization:
     """
 
     Params = PolarizationParams
+    writes = ("variance", "pairwise_distance", "bimodality")
 
     def __init__(self, params: PolarizationParams):
         self.params = params
@@ -295,6 +300,7 @@ class Clusters:
     """
 
     Params = ClustersParams
+    writes = ("clusters", "largest_cluster")
 
     def __init__(self, params: ClustersParams):
         self.params = params
@@ -366,6 +372,7 @@ class ConsensusTime:
     """
 
     Params = ConsensusTimeParams
+    writes = ("consensus_time", "consensus", "spread")
 
     def __init__(self, params: ConsensusTimeParams):
         self.params = params
