@@ -5,15 +5,15 @@ state in ``sim.core.state``; this module gathers what a plugin author needs.
 """
 
 from .core.contracts import (  # noqa: F401
-    Dynamics, Metric, NetworkGenerator, NetworkRequest, NoParams, PluginParams, Policy, PolicyOutput, Protocol,
-    ProtocolOutput, Reading,
+    AlignmentRule, Dynamics, Metric, NetworkGenerator, NetworkRequest, NoParams, PluginParams, Policy, PolicyOutput,
+    Protocol, ProtocolOutput, Reading, StepOutput,
 )
 from .core.interval import Interval  # noqa: F401
 from .core.rng import Streams  # noqa: F401
 from .core.state import AgentParams, Group, Network, State, World  # noqa: F401
 
 __all__ = [
-    "AgentParams", "Dynamics", "Group", "Interval", "Metric", "Network", "NetworkGenerator", "NetworkRequest",
-    "NoParams", "PluginParams", "Policy", "PolicyOutput", "Protocol", "ProtocolOutput", "Reading", "State", "Streams",
-    "World",
+    "AgentParams", "AlignmentRule", "Dynamics", "Group", "Interval", "Metric", "Network", "NetworkGenerator",
+    "NetworkRequest", "NoParams", "PluginParams", "Policy", "PolicyOutput", "Protocol", "ProtocolOutput", "Reading",
+    "State", "StepOutput", "Streams", "World",
 ]

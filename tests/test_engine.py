@@ -202,3 +202,67 @@ def test_a_policy_parameter_varies_across_the_worlds_of_one_batch():
     with pytest.raises(ValueError, match=r"strategic_influencer parameters of world 0: margin: "
                                          r"must be in \(0, 1\], got 2"):
         swarm.vary_policy("pushers", [{"margin": 2.0}] * 3)
+
+
+class FollowTheCrowd:
+    """Moves the AI group a share of the way toward the present humans' mean every step (a test rule)."""
+
+    class Params(sim.contracts.PluginParams):
+        share: float = 0.5
+        ai: str = "pushers"
+        humans: str = "people"
+
+    def __init__(self, params):
+        self.params = params
+
+    def start(self, world, rng):
+        return {"updates": torch.zeros(world.b, dtype=torch.int64)}
+
+    def update(self, values, state, world, carry, rng):
+        ai, people = world.group(self.params.ai).rows, world.group(self.params.humans).rows
+        present = state.active[:, people, None].to(values.dtype)
+        centre = (values[:, people] * present).sum(1, keepdim=True) / present.sum(1, keepdim=True)
+        new = values.clone()
+        new[:, ai] = values[:, ai] + self.params.share * (centre - values[:, ai])
+        return sim.contracts.StepOutput(values=new, carry={"updates": carry["updates"] + 1}, events=[])
+
+
+def test_alignment_rules_move_the_ai_toward_the_humans_it_serves():
+    from sim import checks, registry
+
+    checks.check_alignment(FollowTheCrowd, {"ai": "second", "humans": "first"})
+    with registry.scratch():
+        registry.register("alignment", "follow_the_crowd")(FollowTheCrowd)
+        simulation = sim.build(_scenario(population=[
+            {"name": "people", "count": 120, "confidence": 0.3, "rate": 0.3},
+            {"name": "pushers", "kind": "ai", "count": 6, "init": {"dist": "constant", "value": 0.95}}],
+            alignment=[{"follow_the_crowd": {"share": 0.5}}]), worlds=2)
+        active = simulation.state.active.clone()
+        active[1, 123] = False
+        simulation.state.active = active
+        simulation.advance(6)
+    values, people = simulation.state.values, simulation.state.values[:, :120].mean(1)
+    gap = (values[:, 120:] - people[:, None]).abs().amax(-1)
+    gap[1, 3] = 0  # agent 123 of world 1 was absent
+    assert gap.max() < 0.1  # the AI caught up with the crowd
+    alone = sim.build(_scenario(population=[
+        {"name": "people", "count": 120, "confidence": 0.3, "rate": 0.3},
+        {"name": "pushers", "kind": "ai", "count": 6, "init": {"dist": "constant", "value": 0.95}}]), worlds=2)
+    alone.advance(6)
+    assert (alone.state.values[:, 120:] - alone.state.values[:, :120].mean(1)[:, None]).abs().mean() > 0.3
+    assert torch.equal(values[1, 123], simulation.world.initial[1, 123])  # an absent AI agent is not moved
+    assert simulation.state.alignment["follow_the_crowd"]["updates"].tolist() == [6, 6]
+
+
+def test_check_alignment_refuses_a_rule_that_moves_the_absent():
+    from sim import checks
+    from sim.errors import PluginError
+
+    class MovesEveryone(FollowTheCrowd):
+        """Pulls every agent toward 0.5."""
+
+        def update(self, values, state, world, carry, rng):
+            return sim.contracts.StepOutput(values=values + 0.5 * (0.5 - values), carry=carry, events=[])
+
+    with pytest.raises(PluginError, match=r"update\(\) moved an absent agent \(state.active False\)"):
+        checks.check_alignment(MovesEveryone, {"ai": "second", "humans": "first"})

@@ -21,7 +21,7 @@ from ..core.state import AGENT_PARAMETERS, State, World
 from ..errors import ScenarioError, ValuesimError
 from .population import agent_params, initial_values, layout
 from .scenario import Scenario, instantiate
-from .schema import PluginRef
+from .schema import INDEPENDENT_NETWORKS, PluginRef
 
 
 def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
@@ -54,6 +54,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     else:
         rng = Streams.of(run_seed, worlds or spec.worlds, device)
     b = rng.b
+    if spec.network.independent and b > 1:  # refused, never faked: the engine holds one network for all worlds
+        raise ScenarioError(INDEPENDENT_NETWORKS.format(worlds=b))
     groups = layout(scenario)
     n = groups[-1].stop
     if network is None:
@@ -83,6 +85,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                             metric_carry=[None] * len(spec.metrics), baselines=baselines,
                             protocols=[(key, instantiate("protocols", ref))
                                        for key, ref in zip(protocol_keys(spec.protocols), spec.protocols)],
+                            alignment=[(key, instantiate("alignment", ref))
+                                       for key, ref in zip(protocol_keys(spec.alignment), spec.alignment)],
                             redraw=lambda fresh: (initial_values(scenario, fresh).to(device),
                                                   agent_params(scenario, fresh).to(device)))
     _start_protocols(scenario, simulation)
@@ -92,7 +96,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
 
 
 def protocol_keys(refs: list[PluginRef]) -> list[str]:
-    """Each protocol's name in ``state.protocols``: its plugin name, then ``<name>_2``, ... for repeats."""
+    """Each protocol's (alignment rule's) name in ``state.protocols`` (``state.alignment``): its plugin name,
+    then ``<name>_2``, ... for repeats."""
     seen: dict[str, int] = {}
     keys = []
     for ref in refs:
@@ -104,11 +109,12 @@ def protocol_keys(refs: list[PluginRef]) -> list[str]:
 def _start_protocols(scenario: Scenario, simulation: Simulation) -> None:
     """Each protocol's state at step 0; a protocol refusing the world (a group it needs is missing) is a
     scenario error at its entry."""
-    for i, (name, _) in enumerate(simulation.protocols):
-        try:
-            simulation.start_protocols(only=name)
-        except (ValueError, ValuesimError) as exc:
-            raise scenario.error(f"protocols[{i}]", f"{name}: {exc}") from None
+    for field, plugins in (("protocols", simulation.protocols), ("alignment", simulation.alignment)):
+        for i, (name, _) in enumerate(plugins):
+            try:
+                simulation.start_protocols(only=name)
+            except (ValueError, ValuesimError) as exc:
+                raise scenario.error(f"{field}[{i}]", f"{name}: {exc}") from None
 
 
 def _prepare_policies(scenario: Scenario, world: World, policies, field: str = "policy") -> None:

@@ -208,9 +208,10 @@ def _resolve_plugins(spec: ScenarioSpec, source: Source, base_dir: Path) -> Scen
     dynamics = [_resolve_ref("dynamics", ref, ("dynamics", i), source) for i, ref in enumerate(spec.dynamics)]
     metrics = [_resolve_ref("metrics", ref, ("metrics", i), source) for i, ref in enumerate(spec.metrics)]
     protocols = [_resolve_ref("protocols", ref, ("protocols", i), source) for i, ref in enumerate(spec.protocols)]
+    alignment = [_resolve_ref("alignment", ref, ("alignment", i), source) for i, ref in enumerate(spec.alignment)]
     population = [_resolve_group(g, i, source, base_dir) for i, g in enumerate(spec.population)]
     return spec.model_copy(update={"network": network, "dynamics": dynamics, "metrics": metrics,
-                                   "protocols": protocols, "population": population})
+                                   "protocols": protocols, "alignment": alignment, "population": population})
 
 
 def _resolve_ref(kind: str, ref: PluginRef, path: tuple, source: Source) -> PluginRef:

@@ -203,21 +203,26 @@ class Policy(_Contract):
 
 
 @dataclass(frozen=True)
-class ProtocolOutput:
-    """What a protocol's ``step`` returns.
+class StepOutput:
+    """What a protocol's ``step`` and an alignment rule's ``update`` return.
 
-    - ``values``: the new values ``[B, N, K]`` if the protocol moved any by its
-      own rule (a new tensor), else ``None``;
+    - ``values``: the new values ``[B, N, K]`` if the plugin moved any (a new
+      tensor), else ``None``;
     - ``carry``: its batched state for the next step (a dict of tensors with a
       leading B, on the values' device; saved in checkpoints; outcomes that
-      metrics read live here, at ``state.protocols[name]``);
+      metrics read live here, at ``state.protocols[name]`` or
+      ``state.alignment[name]``);
     - ``events``: JSON-ready dicts for the run log (the engine adds the step
-      and the protocol's name).
+      and the plugin's name).
     """
 
     values: torch.Tensor | None
     carry: dict[str, torch.Tensor]
     events: list[dict[str, Any]]
+
+
+# The name protocols use for it.
+ProtocolOutput = StepOutput
 
 
 @runtime_checkable
@@ -249,3 +254,27 @@ class Protocol(_Contract):
 
     def step(self, values: torch.Tensor, state: State, world: World, carry: dict[str, torch.Tensor],
              rng: Streams, ask: Any) -> ProtocolOutput: ...
+
+
+@runtime_checkable
+class AlignmentRule(_Contract):
+    """How an AI group's own values follow the humans it serves: step 4 of the engine's step.
+
+    - ``start(world, rng)`` returns the rule's batched state at step 0 (a dict
+      of tensors with a leading B, e.g. a history of the humans' mean for a
+      trend fit);
+    - ``update(values, state, world, carry, rng)`` returns a
+      :class:`StepOutput` whose ``values`` move only the rows of the AI
+      group(s) it updates (at its own cadence: ``state.world_step`` says when).
+
+    Absent agents count for nothing: an absent human is not part of the
+    aggregate the rule follows, and an absent AI agent is not moved (the engine
+    also holds it); ``sim.checks.check_alignment`` verifies both.
+    """
+
+    Params: ClassVar[type[BaseModel]]
+
+    def start(self, world: World, rng: Streams) -> dict[str, torch.Tensor]: ...
+
+    def update(self, values: torch.Tensor, state: State, world: World, carry: dict[str, torch.Tensor],
+               rng: Streams) -> StepOutput: ...

@@ -24,7 +24,9 @@ place the step is written down. A step, in order:
    group's expression from outside.
 3. **Dynamics.** The scenario's dynamics update the internal values, in the
    order listed. Zealots and absent agents are then held where they were.
-4. **Alignment rules** update AI groups' values (none are defined yet). Policies
+4. **Alignment rules** (the scenario's ``alignment:``, in order) update AI
+   groups' own values from the humans they serve, at their cadence, with
+   batched state in ``state.alignment[name]``; absent agents stay put. Policies
    that measure their own agents (an LLM persona's questionnaire, when due)
    write the measured values in; they also do so once when the world is built.
 5. **Metrics** observe on the device, vectorised over worlds (the runner asks
@@ -61,7 +63,7 @@ import torch
 from pydantic import ValidationError
 
 from ..errors import RunStop, ScenarioError
-from .contracts import PolicyOutput, ProtocolOutput, Reading
+from .contracts import PolicyOutput, Reading, StepOutput
 from .rng import Streams
 from .state import AGENT_PARAMETERS, AgentParams, Group, State, World
 
@@ -91,6 +93,7 @@ class Simulation:
     stop_tolerance: float | None = None
     baselines: list[tuple[str, Any] | None] = field(default_factory=list)  # per group; None: no baseline
     protocols: list[tuple[str, Any]] = field(default_factory=list)
+    alignment: list[tuple[str, Any]] = field(default_factory=list)  # alignment rules, step 4
     redraw: Redraw | None = None
     # Events the policies and protocols reported since the runner last took them (LLM exchanges, ...).
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -135,6 +138,7 @@ class Simulation:
                 raise StepError(f"step {state.step + 1}: dynamics {name!r} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
         values = self._hold_fixed(before, values)
+        values = self._run_alignment(before, values, rng)
         state.values = values
         state.step += 1
         state.world_step = state.world_step + 1
@@ -283,11 +287,35 @@ class Simulation:
     # ------------------------------------------------------------------ protocols
 
     def start_protocols(self, only: str | None = None) -> None:
-        """Every protocol's (or protocol ``only``'s) batched state at step 0; the builder calls this once."""
+        """Every protocol's and alignment rule's (or ``only``'s) batched state at step 0; the builder calls this."""
         rng = self.rng.at(-1)
         for name, protocol in self.protocols:
             if only is None or name == only:
                 self.state.protocols[name] = protocol.start(self.world, rng)
+        for name, rule in self.alignment:
+            if only is None or name == only:
+                self.state.alignment[name] = rule.start(self.world, rng)
+
+    def _run_alignment(self, before: torch.Tensor, values: torch.Tensor, rng: Streams) -> torch.Tensor:
+        """Step 4: alignment rules move AI groups' own values; absent agents stay where they were."""
+        for name, rule in self.alignment:
+            try:
+                out = rule.update(values, self.state, self.world, self.state.alignment[name], rng)
+            except RunStop:
+                raise
+            except Exception as exc:
+                raise StepError(f"step {self.state.step + 1}: alignment rule {name!r} raised "
+                                f"{type(exc).__name__}: {exc}") from exc
+            if not isinstance(out, StepOutput):
+                raise StepError(f"step {self.state.step + 1}: alignment rule {name!r} returned a "
+                                f"{type(out).__name__}, not a StepOutput")
+            self.state.alignment[name] = out.carry
+            self.events.extend({"step": self.state.step + 1, "alignment": name, **e} for e in out.events)
+            if out.values is not None:
+                values = out.values
+        if self.alignment and not bool(self.state.active.all()):
+            values = torch.where(self.state.active[..., None], values, before)
+        return values
 
     def _run_protocols(self, values: torch.Tensor, rng: Streams) -> torch.Tensor:
         for name, protocol in self.protocols:
@@ -301,7 +329,7 @@ class Simulation:
             except Exception as exc:
                 raise StepError(f"step {self.state.step + 1}: protocol {name!r} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(out, ProtocolOutput):
+            if not isinstance(out, StepOutput):
                 raise StepError(f"step {self.state.step + 1}: protocol {name!r} returned a "
                                 f"{type(out).__name__}, not a ProtocolOutput")
             self.state.protocols[name] = out.carry
@@ -425,10 +453,10 @@ class Simulation:
         state = self.state
         state.world_step = torch.where(mask, 0, state.world_step)
         state.converged_at[mask.cpu()] = -1
-        for name, protocol in self.protocols:
-            restarted = protocol.start(self.world, self.rng.at(-1))
-            state.protocols[name] = {k: _masked_update(state.protocols[name][k], v, mask)
-                                     for k, v in restarted.items()}
+        for carries, plugins in ((state.protocols, self.protocols), (state.alignment, self.alignment)):
+            for name, plugin in plugins:
+                restarted = plugin.start(self.world, self.rng.at(-1))
+                carries[name] = {k: _masked_update(carries[name][k], v, mask) for k, v in restarted.items()}
         for index, (_, metric) in enumerate(self.metrics):
             if hasattr(metric, "reset") and self.metric_carry[index] is not None:
                 self.metric_carry[index] = metric.reset(self.metric_carry[index], mask)
@@ -488,7 +516,8 @@ class Simulation:
             "world_step": state.world_step.cpu(),
             "converged_at": state.converged_at.clone(),
             "expressed": None if state.expressed is None else state.expressed.cpu(),
-            "protocols": {name: {k: v.cpu() for k, v in carry.items()} for name, carry in state.protocols.items()},
+            "protocols": _carries(state.protocols, "cpu"),
+            "alignment": _carries(state.alignment, "cpu"),
             "streams": self.rng.state_dict(),
             "metric_carry": self.metric_carry,
             "fingerprint": self._fingerprint,
@@ -509,8 +538,8 @@ class Simulation:
                            converged_at=snap["converged_at"],
                            expressed=None if expressed is None else expressed.to(device),
                            world_step=snap["world_step"].to(device), own_policy=snap["own_policy"].to(device),
-                           protocols={name: {k: v.to(device) for k, v in carry.items()}
-                                      for name, carry in snap.get("protocols", {}).items()})
+                           protocols=_carries(snap.get("protocols", {}), device),
+                           alignment=_carries(snap.get("alignment", {}), device))
         if "initial" in snap:
             params = AgentParams(**{k: v.to(device) for k, v in snap["params"].items()})
             self.world = replace(self.world, initial=snap["initial"].to(device), params=params)
@@ -537,6 +566,10 @@ def _checked_param(name: str, value: torch.Tensor) -> torch.Tensor:
     if bool(bad.any()):
         raise ValueError(f"{name} {interval.message(float(value[bad][0]))}")
     return value
+
+
+def _carries(carries: dict[str, dict[str, torch.Tensor]], device) -> dict[str, dict[str, torch.Tensor]]:
+    return {name: {k: v.to(device) for k, v in carry.items()} for name, carry in carries.items()}
 
 
 def _masked_update(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

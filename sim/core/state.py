@@ -149,7 +149,8 @@ class State:
       each world's own step count, which restarts at 0 when the world is reset
       (``Simulation.reset_worlds``); random draws follow ``world_step``;
     - ``protocols``: each protocol's batched state by protocol name (tensors
-      with a leading B), including the outcomes metrics read.
+      with a leading B), including the outcomes metrics read; ``alignment``
+      the same for each alignment rule.
     """
 
     values: torch.Tensor
@@ -162,6 +163,7 @@ class State:
     world_step: torch.Tensor = field(default=None)  # type: ignore[assignment]
     own_policy: torch.Tensor = field(default=None)  # type: ignore[assignment]
     protocols: dict = field(default_factory=dict)
+    alignment: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         b, n = self.values.shape[:2]

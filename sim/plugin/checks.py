@@ -3,7 +3,7 @@
 :func:`check_plugin` is what the registry runs right after importing a plugin:
 static checks only, so a broken plugin is reported when it is loaded. Plugin
 authors call :func:`check_policy`, :func:`check_dynamics`, :func:`check_metric`,
-:func:`check_network` and :func:`check_protocol` in their tests: the same checks, then the plugin run
+:func:`check_network`, :func:`check_protocol` and :func:`check_alignment` in their tests: the same checks, then the plugin run
 on :func:`tiny_world`. A failure is a :class:`~sim.errors.PluginError` reading
 ``"<kind> plugin '<name>' from <origin>: <what is wrong and how to fix it>"``
 (the per-kind checks name the plugin by its ``module:qualname``).
@@ -38,9 +38,11 @@ CONTRACTS = {
     "networks": ("build", ("request",)),
     "policies": ("express", ("state", "world", "group", "rng")),
     "protocols": ("step", ("values", "state", "world", "carry", "rng", "ask")),
+    "alignment": ("update", ("values", "state", "world", "carry", "rng")),
 }
 # further methods a kind must have (beyond its working method)
-REQUIRED_METHODS = {"protocols": {"start": ("world", "rng"), "action_spaces": ("world",)}}
+REQUIRED_METHODS = {"protocols": {"start": ("world", "rng"), "action_spaces": ("world",)},
+                    "alignment": {"start": ("world", "rng")}}
 OPTIONAL_METHODS = {
     "policies": {"prepare": ("world", "group"), "act": ("state", "world", "group", "rng", "action", "space")},
     "metrics": {"reset": ("carry", "worlds")},
@@ -525,7 +527,8 @@ def check_protocol(cls: type, params: dict | None = None) -> None:
                 return plugin.step(st.values, st, world, copy.deepcopy(carry), _streams(),
                                    _asker(world, st, spaces, answered))
 
-            _run("step()", lambda: step(state), _inputs(world, state), lambda out: _protocol_output(out, state))
+            _run("step()", lambda: step(state), _inputs(world, state),
+                 lambda out: _step_output("step()", out, state))
             _check_absent_unheard("step()", state, lambda st: _moved_or_same(step(st), st))
             first, _ = _absent_twins(state)
             after = _moved_or_same(step(first), first)
@@ -562,16 +565,45 @@ def _batched(label: str, carry: Any) -> None:
         raise _Failure(f"{label} must return a dict of tensors with a leading world axis [B, ...] (B={B})")
 
 
-def _protocol_output(out: Any, state: State) -> list[torch.Tensor]:
-    from ..core.contracts import ProtocolOutput
+def _step_output(label: str, out: Any, state: State) -> list[torch.Tensor]:
+    from ..core.contracts import StepOutput
 
-    if not isinstance(out, ProtocolOutput):
-        raise _Failure(f"step() returned a {type(out).__name__}; return sim.contracts.ProtocolOutput(values, carry, "
-                       "events)")
-    _batched("step() (its carry)", out.carry)
+    kind = "ProtocolOutput" if label == "step()" else "StepOutput"
+    if not isinstance(out, StepOutput):
+        raise _Failure(f"{label} returned a {type(out).__name__}; return sim.contracts.{kind}(values, carry, events)")
+    _batched(f"{label} (its carry)", out.carry)
     if not all(isinstance(e, dict) for e in out.events):
-        raise _Failure("step() returned ProtocolOutput.events that are not all dicts")
+        raise _Failure(f"{label} returned {kind}.events that are not all dicts")
     tensors = list(out.carry.values())
     if out.values is not None:
-        tensors.append(_unit_tensor("step()", out.values, (B, N, K), "[B, N, K]", state.values))
+        tensors.append(_unit_tensor(label, out.values, (B, N, K), "[B, N, K]", state.values))
     return tensors
+
+
+def check_alignment(cls: type, params: dict | None = None) -> None:
+    """Static checks, then ``start`` and ``update`` on :func:`tiny_world` at a few steps.
+
+    start returns a dict of tensors with a leading B; update returns a :class:`~sim.contracts.StepOutput` (new
+    values [B, N, K] in [0, 1] or None, a carry like start's, events as dicts), changes none of its inputs, repeats
+    from the same random streams, and neither moves an absent agent nor lets one count in what it follows.
+    """
+    with _reporting("alignment", *_identity(cls)):
+        plugin = _instantiate("alignment", cls, params, "check_alignment")
+        world, state = tiny_world()
+        carry = _call("start()", lambda: plugin.start(world, _streams().at(-1)), _inputs(world, state))
+        _batched("start()", carry)
+        for step in (0, 1, 4):  # rules act at their cadence: look at a few steps
+            state.world_step = torch.full((B,), step)
+
+            def update(st: State) -> Any:
+                st.world_step = state.world_step
+                return plugin.update(st.values, st, world, copy.deepcopy(carry), _streams().at(step + 1))
+
+            out = _run("update()", lambda: update(state), _inputs(world, state),
+                       lambda out: _step_output("update()", out, state))
+            carry = out.carry
+            _check_absent_unheard("update()", state, lambda st: _moved_or_same(update(st), st))
+            first, _ = _absent_twins(state)
+            if not torch.equal(_moved_or_same(update(first), first)[ABSENT], first.values[ABSENT]):
+                raise _Failure("update() moved an absent agent (state.active False); leave inactive agents' "
+                               "values as they are")

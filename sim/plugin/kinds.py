@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import difflib
 
-KINDS = ("policies", "dynamics", "networks", "protocols", "metrics", "llm_backends", "value_readers")
+KINDS = ("policies", "dynamics", "networks", "protocols", "alignment", "metrics", "llm_backends", "value_readers")
 
 SINGULAR = {"policies": "policy", "dynamics": "dynamics", "networks": "network generator",
-            "protocols": "protocol", "metrics": "metric", "llm_backends": "LLM backend",
-            "value_readers": "value reader"}
+            "protocols": "protocol", "alignment": "alignment rule", "metrics": "metric",
+            "llm_backends": "LLM backend", "value_readers": "value reader"}
 
 
 def unknown_name_message(kind: str, name: str, known: list[str], where: str = "installed") -> str:
