@@ -161,6 +161,9 @@ class NetworkSpec(Strict):
 
     generator: str = "complete"
     params: dict[str, Any] = Field(default_factory=dict)
+    independent: bool = False
+    """One network drawn per world (replicates that differ in their graph too) instead of one graph shared by
+    all worlds. Not supported yet for more than one world: the engine holds one network for all of them."""
 
 
 class StopSpec(Strict):
@@ -201,11 +204,27 @@ def _value_space(value: Any) -> Any:
     return value
 
 
+# The key and attribute columns of the run log's tables (values, agents, network: sim/runs/tables.py); a value
+# dimension is a column of values.parquet beside them, so it may not be named like one.
+RUN_LOG_COLUMNS = ("world", "step", "agent", "group", "stream", "kind", "policy", "confidence", "rate",
+                   "anchoring", "zealot", "degree", "logged", "source", "target", "moved")
+
+
 def _unique_dimensions(spec: ValueSpaceSpec) -> ValueSpaceSpec:
     dupes = sorted({d for d in spec.dimensions if spec.dimensions.count(d) > 1})
     if dupes:
         raise PydanticCustomError("duplicate", "dimension '{name}' is listed twice", {"name": dupes[0]})
+    reserved = [d for d in spec.dimensions if d.lower() in RUN_LOG_COLUMNS]
+    if reserved:
+        raise PydanticCustomError(
+            "reserved", "dimension '{name}' is reserved: the run log's tables have a column of that name "
+            "(reserved: {names}); rename the dimension", {"name": reserved[0], "names": ", ".join(RUN_LOG_COLUMNS)})
     return spec
+
+
+INDEPENDENT_NETWORKS = ("network.independent: an independent network per world is not supported yet with "
+                        "{worlds} worlds (the engine holds one network shared by all worlds); run the replicates "
+                        "as separate runs with --worlds 1 and different seeds")
 
 
 class ScenarioSpec(Strict):
@@ -228,8 +247,16 @@ class ScenarioSpec(Strict):
         default_factory=lambda: [PluginRef(name=m) for m in ("mean_values", "drift", "polarization", "clusters")])
     protocols: list[PluginRef] = Field(default_factory=list)
     """Step 1 of every step: who meets whom beyond pairwise influence (``broadcast``, ...), in order."""
+    alignment: list[PluginRef] = Field(default_factory=list)
+    """Step 4 of every step: rules that move AI groups' own values toward the humans they serve, in order."""
     stop: StopSpec = StopSpec()
     log: LogSpec = LogSpec()
+
+    @model_validator(mode="after")
+    def _one_network_per_run(self) -> "ScenarioSpec":
+        if self.network.independent and self.worlds > 1:
+            raise PydanticCustomError("not_supported", INDEPENDENT_NETWORKS, {"worlds": self.worlds})
+        return self
 
     @model_validator(mode="after")
     def _unique_groups(self) -> "ScenarioSpec":
