@@ -99,6 +99,12 @@ NDLIB_HK_NOTE = "computed node updates/s; writes back 1 of N per iteration (not 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+# sim first, before anything loads torch: importing sim sets OMP_WAIT_POLICY=PASSIVE (and numba's
+# workqueue layer), which OpenMP reads only when torch first loads it. Imported after torch, torch's
+# idle threads spin after every parallel region and starve numba's on two cores: the step at N = 10^4
+# ran 11x slower, at N = 10^6 2x (benchmarks/README.md).
+import sim  # noqa: E402,F401
+
 
 # ---------------------------------------------------------------- the graph
 

@@ -273,8 +273,9 @@ def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b):
     count, used = pair_counts(2.3, n, state.active)
     rng = Streams.of(2, b).at(1)
     net = world.network
-    x = values.clone()
-    _numba.deffuant(x.numpy(), x.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(), net.rowptr.numpy(),
+    x = torch.full_like(values, np.nan)
+    _numba.deffuant(values.numpy(), x.numpy(), values.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(),
+                    net.rowptr.numpy(),
                     net.col.numpy(), rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(),
                     used.numpy(), state.active.numpy(), True, world.params.confidence.numpy(),
                     world.params.rate.numpy(), 0, np.inf, pipeline=pipeline)

@@ -62,7 +62,8 @@ def _mask(state: State) -> torch.Tensor | None:
 
 def _rates(world: World) -> torch.Tensor:
     # A zealot's rate is zero inside the kernel, so it never moves mid-step either.
-    return torch.where(world.params.zealot, 0.0, world.params.rate).to(torch.float32)
+    rate = world.params.rate.to(torch.float32)
+    return torch.where(world.params.zealot, 0.0, rate) if bool(world.params.zealot.any()) else rate
 
 
 class Deffuant:
@@ -88,14 +89,15 @@ class Deffuant:
         from . import _numba
 
         shown, fixed = _shown_and_fixed(values, expressed, world)
-        x = values.contiguous().clone()
+        values = values.contiguous()
+        x = torch.empty_like(values)  # filled by the kernel, in parallel with its first draws
         repulse = self.params.repulsion
         net = world.network
+        masked = used is not None
         used = torch.full((world.b,), count) if used is None else used
-        _numba.deffuant(x.numpy(), x.numpy() if shown is values else shown.contiguous().numpy(),
-                        fixed.contiguous().numpy(), net.rowptr.numpy(), net.col.numpy(),
-                        rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(), used.numpy(),
-                        state.active.contiguous().numpy(), not bool(state.active.all()),
+        _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
+                        net.rowptr.numpy(), net.col.numpy(), rng.key("deffuant/focal").numpy(),
+                        rng.key("deffuant/partner").numpy(), used.numpy(), state.active.contiguous().numpy(), masked,
                         world.params.confidence.to(torch.float32).contiguous().numpy(),
                         _rates(world).contiguous().numpy(), METRICS[self.params.distance],
                         np.inf if repulse is None else float(repulse))
