@@ -381,7 +381,7 @@ class ConsensusTime:
         spread = self.spread(state.values, state.active).double()
         first = self._first_step(carry, spread)
         now = spread <= self.params.tolerance
-        first = torch.where((first < 0) & now, torch.full_like(first, state.step), first)
+        first = torch.where((first < 0) & now, state.world_step.to(first), first)  # each world's own step
         time = torch.where(first >= 0, first.double(), torch.nan)
         column = lambda v: v.double().view(-1, 1, 1)  # noqa: E731
         readings = [
@@ -390,6 +390,12 @@ class ConsensusTime:
             Reading("spread", column(spread), (ALL,)),
         ]
         return readings, {"first_step": first}
+
+    def reset(self, carry, worlds: torch.Tensor):
+        """Restarted worlds have not reached consensus yet."""
+        first = carry["first_step"].clone()
+        first[worlds.to(first.device)] = -1
+        return {"first_step": first}
 
     @staticmethod
     def spread(values: torch.Tensor, active: torch.Tensor) -> torch.Tensor:

@@ -266,3 +266,14 @@ def test_check_alignment_refuses_a_rule_that_moves_the_absent():
 
     with pytest.raises(PluginError, match=r"update\(\) moved an absent agent \(state.active False\)"):
         checks.check_alignment(MovesEveryone, {"ai": "second", "humans": "first"})
+
+
+def test_a_reset_world_forgets_its_consensus_time():
+    simulation = sim.build(_scenario(dynamics=["deffuant"], metrics=[{"consensus_time": {"tolerance": 1.0}}]),
+                           worlds=2)
+    simulation.advance(3)
+    simulation.observe()  # everything is within 1.0: consensus "at" step 3 in both worlds
+    simulation.reset_worlds(torch.tensor([True, False]))
+    simulation.advance(2)
+    (time,) = [r for r in simulation.observe() if r.metric == "consensus_time"]
+    assert time.value[:, 0, 0].tolist() == [2.0, 3.0]  # world 0 counts its own steps again
