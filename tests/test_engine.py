@@ -277,3 +277,16 @@ def test_a_reset_world_forgets_its_consensus_time():
     simulation.advance(2)
     (time,) = [r for r in simulation.observe() if r.metric == "consensus_time"]
     assert time.value[:, 0, 0].tolist() == [2.0, 3.0]  # world 0 counts its own steps again
+
+
+def test_counterfactual_twins_share_streams_without_the_named_groups():
+    simulation = sim.build(_scenario(counterfactual=["pushers"]), worlds=2)
+    assert simulation.world.b == 4 and simulation.rng.stream.tolist() == [0, 1, 0, 1]
+    assert simulation.world.twin.tolist() == [2, 3, 0, 1]
+    assert simulation.world.counterfactual.tolist() == [False, False, True, True]
+    assert not simulation.state.active[2:, 120:].any() and simulation.state.active[:2].all()
+    simulation.advance(3)
+    simulation.reset_worlds(torch.tensor([False, False, False, True]))  # world 3 restarts with world 1
+    assert simulation.rng.stream.tolist() == [0, 2, 0, 2] and simulation.state.world_step.tolist() == [3, 0, 3, 0]
+    with pytest.raises(sim.ScenarioError, match="counterfactual: unknown group 'ais'"):
+        _scenario(counterfactual=["ais"])

@@ -7,6 +7,7 @@ scenario files. It is public as ``sim.build``.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
             raise ValueError(f"worlds={worlds} but {rng.b} streams were given")
     else:
         rng = Streams.of(run_seed, worlds or spec.worlds, device)
+    if spec.counterfactual:  # a twin of every world on the same stream, without the named groups
+        rng = Streams(run_seed, torch.cat([rng.stream, rng.stream]))
     b = rng.b
     if spec.network.independent and b > 1:  # refused, never faked: the engine holds one network for all worlds
         raise ScenarioError(INDEPENDENT_NETWORKS.format(worlds=b))
@@ -74,6 +77,12 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                   initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device),
                   context={"seed": run_seed, **(context or {})})
     state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
+    if spec.counterfactual:
+        half = b // 2
+        for name in spec.counterfactual:
+            state.active[half:, world.group(name).rows] = False
+        world = replace(world, twin=torch.cat([torch.arange(half, b), torch.arange(half)]).to(device),
+                        counterfactual=(torch.arange(b) >= half).to(device))
     _prepare_policies(scenario, world, policies)
     _prepare_policies(scenario, world, baselines, field="baseline")
     dynamics = [(ref.name, instantiate("dynamics", ref)) for ref in spec.dynamics]

@@ -248,6 +248,10 @@ class ScenarioSpec(Strict):
     protocols: list[PluginRef] = Field(default_factory=list)
     """Step 1 of every step: who meets whom beyond pairwise influence (``broadcast``, ...), in order."""
     alignment: list[PluginRef] = Field(default_factory=list)
+    counterfactual: list[Identifier] = Field(default_factory=list)
+    """Groups left out of a twin of every world: each world gets a counterfactual world on the same stream in
+    which these groups are absent (the second half of the batch), so their effect is measured with common random
+    numbers. Empty: no twins."""
     """Step 4 of every step: rules that move AI groups' own values toward the humans they serve, in order."""
     stop: StopSpec = StopSpec()
     log: LogSpec = LogSpec()
@@ -266,6 +270,10 @@ class ScenarioSpec(Strict):
                 raise PydanticCustomError("duplicate_group", "population[{i}]: group name '{name}' is used twice",
                                           {"i": i, "name": group.name})
             seen.add(group.name)
+        for name in self.counterfactual:
+            if name not in seen:
+                raise PydanticCustomError("unknown_group", "counterfactual: unknown group '{name}' (groups: {groups})",
+                                          {"name": name, "groups": ", ".join(g.name for g in self.population)})
         return self
 
     @property

@@ -426,7 +426,9 @@ class Simulation:
 
         ``worlds`` is a ``[B]`` bool mask. Their stream numbers become
         ``streams`` (``[number of worlds to reset]``) or, by default, the next
-        numbers never used in this batch; their step counter, convergence and
+        numbers never used in this batch (a world with a counterfactual twin
+        restarts with it, both on the one new stream; ``streams`` then counts
+        the factual worlds); their step counter, convergence and
         protocol state restart; initial values and per-world parameters are
         drawn afresh for the new streams. The other worlds are untouched. A
         metric that keeps a carry may define ``reset(carry, worlds)``;
@@ -435,6 +437,10 @@ class Simulation:
         mask = worlds.to(device=self.world.device, dtype=torch.bool)
         if tuple(mask.shape) != (self.world.b,):
             raise ValueError(f"worlds must be a [B] = [{self.world.b}] bool mask, got shape {list(mask.shape)}")
+        twin = self.world.twin
+        if twin is not None:  # a world and its counterfactual twin restart together, on one new stream
+            factual = ~self.world.counterfactual
+            mask = (mask | mask[twin]) & factual
         count = int(mask.sum())
         if count == 0:
             return
@@ -446,6 +452,10 @@ class Simulation:
         streams = torch.as_tensor(streams, dtype=torch.int64, device=self.world.device)
         stream = self.rng.stream.clone()
         stream[mask] = streams
+        if twin is not None:
+            stream[twin[mask]] = streams
+            mask = mask | mask[twin]
+            streams = stream[mask]
         self.rng = Streams(self.rng.seed, stream, self.rng.step)
         fresh = Streams(self.rng.seed, streams).at(-1)
         initial, params = self.redraw(fresh)

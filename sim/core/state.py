@@ -110,6 +110,10 @@ class World:
     honest: torch.Tensor
     # Run-level services for plugins that need them (``seed``, ``llm_cache``, ``llm_cache_mode``).
     context: dict = field(default_factory=dict, compare=False)
+    # With a scenario's ``counterfactual:``: [B] bool, which worlds are the twins without the named groups, and
+    # [B] int64, each world's twin (a factual world's counterfactual and back); None without twins.
+    counterfactual: torch.Tensor | None = None
+    twin: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.honest.dim() == 1:

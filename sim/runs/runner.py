@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import shutil
 import signal
 import sys
@@ -18,6 +19,8 @@ from ..core.interval import Interval
 from ..errors import Interrupted, RunDirError, RunFailed, RunLogWriteError, ScenarioError
 from ..llm.contract import BudgetExhausted
 from .checkpoint import load_checkpoint
+from .tables import (agents_per_world, agents_table, metric_catalogue, network_table, table_schemas,
+                     values_sample)
 from .runlog import (CHECKPOINT, LOCK_FILE, RunLock, RunLog, new_run_dir, pid_alive, read_manifest,
                      recover_checkpoint, versions, git_commit)
 from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
@@ -29,12 +32,15 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         device: str = "cpu", out: str | Path | None = None, runs_dir: str | Path = "runs",
         overrides: list[str] | tuple[str, ...] = (), plugin_dirs: list[str | Path] | tuple = (),
         llm_cache: str = "readwrite", command: list[str] | None = None,
-        progress: Progress | None = None) -> Path:
+        progress: Progress | None = None, tag: str | None = None) -> Path:
     """Run a scenario (a :class:`Scenario` or a path) and return its run directory.
 
     Everything that can be wrong with the input is checked (the world is
-    built) before the run directory is created.
+    built) before the run directory is created. ``tag`` is a label of the
+    run, kept in the manifest and ending the directory's name
+    (``<scenario>__<UTC time>__s<seed>__<tag>``).
     """
+    _check_tag(tag)
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, overrides, plugin_dirs)
     elif overrides or plugin_dirs:
@@ -45,18 +51,30 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         scenario = _with_flag(scenario, "worlds", worlds, minimum=1)
     cache_path = Path(runs_dir) / ".llm-cache.sqlite"
     simulation = build_simulation(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
-    made, path = _make_run_dir(out, runs_dir, scenario)
+    logged = _logged_agents(simulation)
+    tables = {"agents": agents_table(simulation, logged), "network": network_table(simulation.world.network)}
+    made, path = _make_run_dir(out, runs_dir, scenario, tag)
+    spec = scenario.spec
     manifest = {
-        "scenario": scenario.name, "source": scenario.source.name, "base_dir": str(scenario.base_dir),
-        "seed": scenario.spec.seed, "streams": simulation.rng.stream.tolist(), "worlds": simulation.world.b,
-        "agents": simulation.world.n, "steps": scenario.spec.steps, "device": _device_name(device),
+        "scenario": scenario.name, "tag": tag, "source": scenario.source.name, "base_dir": str(scenario.base_dir),
+        "seed": spec.seed, "streams": simulation.rng.stream.tolist(), "worlds": simulation.world.b,
+        "agents": simulation.world.n, "steps": spec.steps, "overrides": list(overrides),
+        "device": _device_name(device),
         "command": command if command is not None else sys.argv, "versions": versions(),
         "git_commit": git_commit(), "error": None, "llm_cache": {"mode": llm_cache, "path": str(cache_path)},
+        "value_space": {"name": scenario.space.name, "dimensions": list(scenario.space.dimensions)},
+        "metric_catalogue": metric_catalogue(simulation),
+        "values_sample": values_sample(simulation.world.n, logged),
+        "network": {"generator": spec.network.generator, "independent": spec.network.independent,
+                    "shared_by_worlds": True, "edges": simulation.world.network.num_edges, "directed": False,
+                    "file": "network.parquet"},
+        "agents_per_world": agents_per_world(simulation),
+        "tables": table_schemas(scenario.space.dimensions, agents_per_world(simulation)),
     }
     lock = None
     try:  # nothing is left half-written when the folder turns out not to be writable
         lock = RunLock(path)
-        log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions)
+        log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions, tables)
         log.event("started", 0, agents=simulation.world.n, worlds=simulation.world.b)
     except OSError as exc:
         if lock is not None:
@@ -96,7 +114,8 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
         snapshot = load_checkpoint(path / CHECKPOINT)
         scenario = _stored_scenario(path, manifest)
         cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
-        simulation = build_simulation(scenario, worlds=_field(path, manifest, "worlds", int),
+        worlds = _field(path, manifest, "worlds", int) // (2 if scenario.spec.counterfactual else 1)  # twins
+        simulation = build_simulation(scenario, worlds=worlds,
                                       device=device or _device_arg(manifest),
                                       context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
         _restore(simulation, snapshot, path / CHECKPOINT)
@@ -134,12 +153,23 @@ def _restore(simulation: Simulation, snapshot: dict, where: Path) -> None:
                           f"{' '.join(str(exc).split())[:160]})") from None
 
 
-def _make_run_dir(out: str | Path | None, runs_dir: str | Path, scenario: Scenario) -> tuple[Path | None, Path]:
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def _check_tag(tag: str | None) -> None:
+    if tag is not None and (not isinstance(tag, str) or not _TAG.match(tag)):
+        raise ScenarioError("must be 1 to 64 letters, digits, '_', '-' or '.', starting with a letter or digit "
+                            f"(it ends the run directory's name), got {tag!r}", location="--tag")
+
+
+def _make_run_dir(out: str | Path | None, runs_dir: str | Path, scenario: Scenario,
+                  tag: str | None = None) -> tuple[Path | None, Path]:
     """Create the run directory; returns the topmost folder this made (removed again if nothing can be
     written there) and the directory."""
     where = out if out is not None else runs_dir
     try:
-        path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed)
+        path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed,
+                                                             tag)
         if path.is_dir():
             if any(path.iterdir()):
                 raise RunDirError(f"--out {path}: the directory exists and is not empty")
