@@ -58,7 +58,6 @@ def _kernels_dir():
 _place_numba_cache(os.environ, _kernels_dir())
 
 from .errors import PluginError, RunDirError, RunFailed, ScenarioError, ValuesimError
-from .config.scenario import Scenario, load_scenario, scenario_from_dict
 
 __version__ = "0.1.0"
 
@@ -69,7 +68,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # The runner pulls in torch and pyarrow; import it only when asked for.
+    # The scenario code (through the plugin checks) and the runner pull in torch and pyarrow; import
+    # them only when asked for, so that `import sim` (and `valuesim --help`) stays fast.
+    if name in ("Scenario", "load_scenario", "scenario_from_dict"):
+        from .config import scenario
+        return getattr(scenario, name)
     if name in ("run", "resume"):
         from .runs import runner
         return getattr(runner, name)

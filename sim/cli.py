@@ -1,9 +1,14 @@
-"""The ``valuesim`` command. The only module that knows about the terminal."""
+"""The ``valuesim`` command. The only module that knows about the terminal.
+
+It imports the engine (torch, pyarrow) only inside the commands that need it, so ``valuesim --help`` and
+argument errors answer at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +17,8 @@ examples:
   valuesim run scenarios/quickstart.yaml
   valuesim run scenarios/quickstart.yaml --seed 7 --worlds 8 --set steps=50 --set population.citizens.count=2000
   valuesim validate scenarios/quickstart.yaml
+  valuesim run scenarios/quickstart.yaml --tag pilot   # runs/quickstart__<UTC time>__s42__pilot
+  valuesim runs --json
   valuesim resume runs/quickstart__20261125T120000Z__s42
   valuesim new plugin policy my_policy --dir ~/code
 
@@ -37,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     r.add_argument("--out", help="run directory to write (default: runs/<scenario>__<UTC time>__s<seed>)")
     r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    r.add_argument("--tag", help="a label for the run, kept in its manifest and ending its directory's name")
     r.add_argument("--llm-cache", default="readwrite", choices=("off", "read", "readwrite"),
                    help="the LLM response cache (default readwrite: replay what is cached, store the rest)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -70,6 +78,11 @@ def _parser() -> argparse.ArgumentParser:
     npl.add_argument("name", help="the plugin's name in scenarios, a Python identifier (e.g. my_policy)")
     npl.add_argument("--dir", default=".", help="where to create valuesim-<name>/ (default: the current directory)")
 
+    rs = sub.add_parser("runs", help="list the runs in a folder of runs: scenario, status, seed, worlds, steps, "
+                                     "overrides, start time")
+    rs.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")
+    rs.add_argument("--json", action="store_true", help="print the list as JSON")
+
     s = sub.add_parser("resume", help="finish an interrupted run from its checkpoint")
     s.add_argument("run_dir")
     s.add_argument("--device", default=None, help="device to resume on (default: the run's)")
@@ -79,6 +92,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader of our output went away: stop quietly, and keep the interpreter's own last flush quiet too
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         from . import __version__
@@ -92,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
-                "new": _new}[args.command](args)
+                "new": _new, "runs": _runs}[args.command](args)
     except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -155,7 +180,7 @@ def _run(args) -> int:
         try:
             path = run(args.scenario, seed=args.seed, worlds=args.worlds, device=args.device, out=args.out,
                        runs_dir=args.runs_dir, overrides=args.overrides, plugin_dirs=args.plugin_dirs,
-                       llm_cache=args.llm_cache,
+                       llm_cache=args.llm_cache, tag=args.tag,
                        command=["valuesim", *sys.argv[1:]],
                        progress=progress)
         except Interrupted as exc:
@@ -174,6 +199,28 @@ def _resume(args) -> int:
             print(f"valuesim: {exc}", file=sys.stderr)
             return 1
     return _report(path, args.json)
+
+
+def _runs(args) -> int:
+    from .runs.reading import list_runs
+
+    rows, warnings = list_runs(args.runs_dir)
+    for warning in warnings:
+        print(f"valuesim: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no runs in {args.runs_dir}", file=sys.stderr)
+        return 0
+    header = ("run", "scenario", "status", "seed", "worlds", "steps", "started", "overrides")
+    table = [(r["run"], str(r["scenario"]), r["status"], str(r["seed"]), str(r["worlds"]),
+              f"{r['last_step'] if r['last_step'] is not None else '?'}/{r['steps']}",
+              str(r["started"] or "")[:19].replace("T", " "), " ".join(r["overrides"]) or "-") for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header[:-1])]
+    for row in (header, *table):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    return 0
 
 
 def _report(path: Path, as_json: bool) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import duckdb
+import polars as pl
 import pytest
 import torch
 
@@ -13,6 +15,8 @@ from tests.conftest import REPO, small_scenario
 
 README = (REPO / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+RUN_LOG_SECTION = README[README.index("## The run log"):README.index("\n## ", README.index("## The run log") + 1)]
+RUN_LOG_BLOCKS = re.findall(r"```python\n(.*?)```", RUN_LOG_SECTION, flags=re.S)
 MINIMAL_PARAMS = {"file": {"path": "x"}, "erdos_renyi": {"p": 0.1}, "watts_strogatz": {"k": 4, "p": 0.1},
                   "barabasi_albert": {"m": 2}, "powerlaw_cluster": {"m": 2, "p": 0.1},
                   "stochastic_block": {"p_in": 0.1, "p_out": 0.01}, "strategic_influencer": {"goal": 0.9},
@@ -35,9 +39,39 @@ def test_readme_analysis_examples_run(tmp_path, monkeypatch):
         (tmp_path / "scenarios" / f"{name}.yaml").write_text(text)
     (tmp_path / "agents").symlink_to(REPO / "agents")
     sim.run("scenarios/quickstart.yaml", overrides=["steps=20"])
-    analysis, api = [b for b in PYTHON_BLOCKS if "import sim" in b and "class " not in b and "sim.build(" not in b]
-    exec(compile(analysis, "README analysis", "exec"), {})
-    exec(compile(api, "README API", "exec"), {})
+    analysis, *research, api = RUN_LOG_BLOCKS
+    # the two questions (do hubs move more? do low-epsilon agents move less?) in each of the three tools
+    assert [next(tool for tool in ("pandas", "polars", "duckdb") if f"import {tool}" in b) for b in research] \
+        == ["pandas", "polars", "duckdb"]
+    assert all("degree" in b and "confidence" in b and "moved" in b for b in research)
+    assert '"group"' in research[2], "DuckDB needs the group column quoted; the README shows how"
+    for name, block in [("analysis", analysis), *zip(("pandas", "polars", "duckdb"), research), ("API", api)]:
+        exec(compile(block, f"README {name}", "exec"), {})
+    (tagged,) = (tmp_path / "runs").glob("deffuant_clusters__*__four-worlds")
+    assert sim.open_run(tagged).manifest["tag"] == "four-worlds"
+
+
+def test_readme_research_answers_agree_between_pandas_polars_and_duckdb(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "quickstart.yaml").write_text((REPO / "scenarios" / "quickstart.yaml").read_text())
+    (tmp_path / "agents").symlink_to(REPO / "agents")
+    path = sim.run("scenarios/quickstart.yaml", overrides=["steps=10", "population.citizens.count=400"])
+    spaces = [{} for _ in range(3)]
+    for block, space in zip(RUN_LOG_BLOCKS[1:4], spaces):
+        exec(compile(block, "README", "exec"), space)
+    people = spaces[0]["people"]
+    assert len(people) == (~sim.open_run(path).changes().zealot).sum() > 0
+    hubs = people["degree"].corr(people["moved"], method="spearman")
+    epsilon = people["confidence"].corr(people["moved"], method="spearman")
+    polars = spaces[1]["changes"].select(hubs=pl.corr("degree", "moved", method="spearman"),
+                                         epsilon=pl.corr("confidence", "moved", method="spearman"))
+    assert polars.row(0) == pytest.approx((hubs, epsilon))
+    frame = spaces[2]["changes"]  # what the DuckDB block queried
+    by_group = duckdb.sql('SELECT "group", corr(degree, moved) AS hubs FROM frame WHERE NOT zealot '
+                          'GROUP BY "group" ORDER BY "group"').df()
+    expected = people.groupby("group", observed=True).apply(lambda g: g.degree.corr(g.moved))
+    assert by_group.hubs.tolist() == pytest.approx(expected.loc[by_group["group"]].tolist(), rel=1e-5)
 
 
 def test_readme_plugin_example_works_as_a_dynamics(tmp_path, write_scenario):

@@ -28,7 +28,7 @@ def clean_registry():
 
 def _tables(run_dir):
     view = sim.open_run(run_dir)
-    return view.metrics(), view.values()
+    return view.metrics(), view.values(), view.agents(), view.network()
 
 
 def _assert_same_tables(a, b):
@@ -40,7 +40,8 @@ def test_run_writes_the_whole_log(tmp_path, write_scenario):
     path = sim.run(write_scenario(small_scenario()), runs_dir=tmp_path / "runs")
     assert path.parent == tmp_path / "runs" and path.name.startswith("small__") and path.name.endswith("__s3")
     assert sorted(p.name for p in path.iterdir()) == [
-        ".lock", "checkpoint", "events.jsonl", "manifest.json", "metrics.parquet", "scenario.yaml", "values.parquet"]
+        ".lock", "agents.parquet", "checkpoint", "events.jsonl", "manifest.json", "metrics.parquet",
+        "network.parquet", "scenario.yaml", "values.parquet"]
     assert sorted(p.name for p in (path / "checkpoint").iterdir()) == ["state.json", "state.safetensors", "step"]
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["seed"] == 3 and manifest["last_step"] == 12

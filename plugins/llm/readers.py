@@ -10,6 +10,9 @@ speaker's own values for a ``None`` and logs the note.
 - ``json_ratings``: asks the model to rate each message on every dimension
   from 0 to 10 as JSON, then parses the reply forgivingly.
 - ``auto``: ``direct`` where a response has values, ``json_ratings`` elsewhere.
+
+A note of ``json_ratings`` is a :class:`ReadNote`: a ``str`` (what was repaired) that also keeps the
+rating request's raw reply as ``.raw``, which the LLM policy logs beside it (``reader_reply``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,18 @@ MEANINGS: dict[str, str] = {
                                 "10 = self-expression (tolerance, trust, participation, quality of life)",
 }
 BIPOLAR = frozenset({"traditional_secular", "survival_self_expression"})
+
+
+class ReadNote(str):
+    """A reader's note (a plain ``str``: what was repaired, or why it failed) with the raw reply it read."""
+
+    raw: str | None
+
+    def __new__(cls, note: str, raw: str | None = None) -> "ReadNote":
+        self = super().__new__(cls, note)
+        self.raw = raw
+        return self
+
 
 SYSTEM_PROMPT = ("You rate which values a short message expresses. You are careful and consistent, "
                  "and you answer with JSON only.")
@@ -136,7 +151,8 @@ class JsonRatings:
             if reply.error is not None:
                 notes[i] = f"the rating request failed: {reply.error}"
             else:
-                vectors[i], notes[i] = parse_ratings(reply.text, dimensions, self._max_missing(len(dimensions)))
+                vectors[i], note = parse_ratings(reply.text, dimensions, self._max_missing(len(dimensions)))
+                notes[i] = ReadNote(note, raw=reply.text)
         return vectors, notes
 
     def rating_request(self, message: str, dimensions: tuple[str, ...], index: int = 0) -> ChatRequest:

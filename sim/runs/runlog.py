@@ -1,14 +1,21 @@
 """The run log: the contract between running and analysing.
 
 ```
-runs/<scenario>__<UTC time>__s<seed>/
+runs/<scenario>__<UTC time>__s<seed>[__<tag>]/
   scenario.yaml     the fully resolved scenario
-  manifest.json     seed, versions, git commit, device, command line, times, status
+  manifest.json     seed, versions, git commit, device, command line, times, status; the value space, the
+                    metric catalogue, every table's columns, how values were sampled, the network
   metrics.parquet   tidy rows: world, step, metric, group, dimension, value
   values.parquet    snapshots: world, step, agent, group, one column per value dimension
+  agents.parquet    who the agents are: [world, stream,] agent, group, kind, policy, parameters, degree, logged
+  network.parquet   the edge list: source, target
   events.jsonl      discrete events
   checkpoint/       the latest resumable state
 ```
+
+``agents.parquet`` and ``network.parquet`` describe what does not change
+during a run; they are written once, when the run is created. Each Parquet
+file carries its own description in its schema metadata (see :mod:`.tables`).
 
 Every file is written atomically (a temporary name, then a rename). While a
 run is going, rows are buffered and written as numbered parts under
@@ -48,8 +55,10 @@ import torch
 from ..core.contracts import Reading
 from ..errors import RunDirError
 from .checkpoint import save_checkpoint
+from .tables import attribute_readings, with_metadata
 
-TABLES = ("metrics", "values")
+TABLES = ("metrics", "values")  # written in parts while the run goes
+STATIC_TABLES = ("agents", "network")  # written once, when the run is created
 CHECKPOINT, NEW_CHECKPOINT, OLD_CHECKPOINT = "checkpoint", ".checkpoint.new", ".checkpoint.old"
 # Events about the run itself; every other event belongs to a step and is replayed on resume.
 LIFECYCLE = {"started", "resumed", "interrupted", "failed", "complete", "converged", "budget_spent"}
@@ -120,9 +129,10 @@ def git_commit() -> str | None:
         return None
 
 
-def new_run_dir(runs_dir: Path, scenario: str, seed: int) -> Path:
+def new_run_dir(runs_dir: Path, scenario: str, seed: int, tag: str | None = None) -> Path:
+    """``<scenario>__<UTC time>__s<seed>[__<tag>]`` under ``runs_dir`` (``-2``, ``-3``, ... if taken)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    base = runs_dir / f"{scenario}__{stamp}__s{seed}"
+    base = runs_dir / (f"{scenario}__{stamp}__s{seed}" + (f"__{tag}" if tag else ""))
     path, n = base, 1
     while path.exists():
         n += 1
@@ -166,14 +176,30 @@ class RunLog:
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    def create(cls, path: Path, scenario_yaml: str, manifest: dict[str, Any], dimensions) -> "RunLog":
+    def create(cls, path: Path, scenario_yaml: str, manifest: dict[str, Any], dimensions,
+               tables: dict[str, pa.Table] | None = None) -> "RunLog":
+        """Start a run directory; ``tables`` (``agents``, ``network``) are written once, before the manifest."""
         path.mkdir(parents=True, exist_ok=True)
         (path / "parts").mkdir(exist_ok=True)
         atomic_write_bytes(path / "scenario.yaml", scenario_yaml.encode("utf-8"))
         log = cls(path, {**manifest, "status": "running", "pid": os.getpid(), "host": socket.gethostname(),
                          "started": utc_now(), "ended": None, "step": 0}, tuple(dimensions))
+        for name, table in (tables or {}).items():
+            atomic_write_table(path / f"{name}.parquet", with_metadata(table, log.description(name)))
         log.write_manifest()
         return log
+
+    def description(self, table: str) -> dict[str, Any]:
+        """What a table's Parquet metadata says about it (from the manifest): its columns, the value space and,
+        for ``metrics``, the metric catalogue."""
+        m = self.manifest
+        out = {"table": table, **(m.get("tables") or {}).get(table, {}), "value_space": m.get("value_space"),
+               "scenario": m.get("scenario"), "seed": m.get("seed")}
+        if table == "metrics":
+            out["metric_catalogue"] = m.get("metric_catalogue")
+        if table in ("values", "agents"):
+            out["values_sample"] = m.get("values_sample")
+        return out
 
     @classmethod
     def reopen(cls, path: Path, dimensions, step: int, command: list[str]) -> "RunLog":
@@ -222,6 +248,9 @@ class RunLog:
     # ------------------------------------------------------------------ rows
 
     def add_readings(self, step: int, readings: list[Reading]) -> None:
+        catalogue = self.manifest.get("metric_catalogue")
+        if catalogue is not None:  # the manifest is written again at the next checkpoint
+            attribute_readings(catalogue, [r.metric for r in readings])
         for r in readings:
             value = r.value.detach().to("cpu", torch.float64)
             b, s, d = value.shape
@@ -258,7 +287,7 @@ class RunLog:
         for name, buffer in (("metrics", self._metrics), ("values", self._values)):
             if buffer:
                 atomic_write_table(self.path / "parts" / f"{name}-{step:012d}.parquet",
-                                   pa.Table.from_batches(buffer))
+                                   with_metadata(pa.Table.from_batches(buffer), self.description(name)))
                 buffer.clear()
 
     # ------------------------------------------------------------------ checkpoints and the end
