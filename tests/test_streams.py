@@ -105,6 +105,11 @@ def test_the_inline_hash_equals_streams_bits_for_many_keys():
     for purpose in ("deffuant/focal", "deffuant/partner", "x"):
         keys = rng.key(purpose)
         assert torch.equal(torch.from_numpy(_numba.stream_bits(keys.numpy(), 300)), rng.bits(purpose, (50, 300)))
+    # the kernels' own computation of the keys
+    for seed in (0, 7, -3, 2**64 - 1):
+        many = Streams(seed, torch.tensor([0, 1, -1, 2**63 - 1, 12]), torch.tensor([-1, 0, 5, 2**40, -(2**63)]))
+        for purpose in ("deffuant/focal", "algorithmic_bias/partner"):
+            assert torch.equal(torch.from_numpy(_numba.stream_keys(many, purpose)), many.key(purpose))
     # hand-picked keys around the edges of int64, against the Python-int definition
     keys = np.array(KEYS, dtype=np.int64)
     got = _numba.stream_bits(keys, 5)

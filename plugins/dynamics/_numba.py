@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -31,6 +32,8 @@ from llvmlite import ir
 from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+from sim.core.rng import MASK64, mix64, purpose_code
 
 # SplitMix64 (sim.core.rng): the same constants, as unsigned 64-bit integers.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -98,6 +101,28 @@ def _uniform(key, s):
 def _below(key, s, high):
     """``Streams.integers``: ``min(floor(u * high), high - 1)`` with ``u`` the float64 uniform; ``high >= 1``."""
     return min(np.int64(_uniform(key, s) * np.float64(high)), high - 1)
+
+
+@njit(cache=True, nogil=True)
+def _world_keys(base, stream, step):
+    """``Streams.key``: ``mix64(mix64(base ^ stream[b]) ^ step[b])`` with ``base`` the seed's and purpose's code."""
+    out = np.empty(stream.shape[0], np.uint64)
+    for b in range(stream.shape[0]):
+        out[b] = _mix64(_mix64(base ^ np.uint64(stream[b])) ^ np.uint64(step[b]))
+    return out.view(np.int64)
+
+
+@lru_cache(maxsize=256)
+def _purpose_base(seed: int, purpose: str) -> int:
+    return mix64(mix64(seed & MASK64) ^ purpose_code(purpose))
+
+
+def stream_keys(rng, purpose: str) -> np.ndarray:
+    """``rng.key(purpose)`` as a numpy array, computed here: the same numbers as the torch version (tested),
+    without its twenty small tensor operations (about 40 us a key, a third of a step at N = 10^3)."""
+    if rng.device.type != "cpu":
+        return rng.key(purpose).cpu().numpy()
+    return _world_keys(np.uint64(_purpose_base(rng.seed, purpose)), rng.stream.numpy(), rng.step.numpy())
 
 
 @njit(cache=True)
@@ -398,6 +423,20 @@ def _deffuant_world(x, shown, fixed, any_fixed, rowptr, col, key_focal, key_part
                      metric, repulse)
 
 
+@njit(cache=True, nogil=True)
+def _deffuant_serial(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
+                     eps_uniform, mu, mu_uniform, metric, repulse):
+    """Worlds one after another on the calling thread (no hand-off to a thread pool)."""
+    for b in range(x.shape[0]):
+        _copy(values[b], x[b])
+        fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
+        eb = eps[0] if eps.shape[0] == 1 else eps[b]
+        mb = mu[0] if mu.shape[0] == 1 else mu[b]
+        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
+                        np.uint64(keys_partner[b]), used[b], masked, active[b], eb, eps_uniform[b], mb,
+                        mu_uniform[b], metric, repulse)
+
+
 @njit(cache=True, parallel=True)
 def _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
                      eps_uniform, mu, mu_uniform, metric, repulse):
@@ -502,19 +541,22 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
     instead of their values; ``keys_focal``, ``keys_partner`` [B] int64: the
     worlds' ``Streams.key`` of the two purposes; ``used`` [B]: pairs drawn
     per world; ``active`` [B, N] bool, read when ``masked``; ``eps``, ``mu``
-    [B or 1, N] float32. With at least as many worlds as threads (or one
-    thread, or a short step) the worlds run in parallel, each on one thread;
-    otherwise each world's step is pipelined on two threads (``pipeline``
-    forces the choice). All give the sequential model's result bit for bit.
+    [B or 1, N] float32. With at least as many worlds as threads the worlds
+    run in parallel, each on one thread; with fewer, a long step
+    (``PIPELINE_MIN_PAIRS``) is pipelined on two threads and a short one
+    runs on the calling thread, where a hand-off would cost more than it
+    saves (``pipeline`` forces the choice). All give the sequential model's
+    result bit for bit.
     """
     eps_uniform = np.broadcast_to(_constant_rows(eps), (x.shape[0],)).copy()
     mu_uniform = np.broadcast_to(_constant_rows(mu), (x.shape[0],)).copy()
+    threads = numba.get_num_threads()
     if pipeline is None:
-        threads = numba.get_num_threads()
-        pipeline = x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
+        pipeline = threads > 1 and x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
     if not pipeline:
-        _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
-                         eps_uniform, mu, mu_uniform, metric, repulse)
+        drive = _deffuant_worlds if threads > 1 and x.shape[0] >= threads else _deffuant_serial
+        drive(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
+              eps_uniform, mu, mu_uniform, metric, repulse)
         return
     for b in range(x.shape[0]):
         def row(a):
@@ -607,58 +649,38 @@ def algorithmic_bias(x, shown, fixed, active, masked, rowptr, col, keys_focal, k
                     np.uint64(keys_partner[b]), used[b], eb, mb, metric, repulse, gamma, floor)
 
 
-HK_BLOCK = 2048  # agents per parallel task of hk_means (one scratch allocation per task, not per agent)
-HK_AHEAD = 4  # neighbours whose rows are prefetched ahead
-
-
-@njit(cache=True, nogil=True)
-def _hk_agent(x, shows, active, rowptr, col, e, metric, i, acc, cnt, out):
-    """Agent i's accepted mean (itself and its active neighbours within ``e``) into ``out[i]``."""
-    k_dims = x.shape[1]
-    flat = shows.reshape(-1)
-    for k in range(k_dims):
-        acc[k] = x[i, k]
-        cnt[k] = 1.0
-    end = rowptr[i + 1]
-    for p in range(rowptr[i], end):
-        if p + HK_AHEAD < end:
-            ahead = col[p + HK_AHEAD]
-            _prefetch(flat, ahead * k_dims)
-            _prefetch(flat, ahead * k_dims + k_dims - 1)
-        j = col[p]
-        if not active[j]:
-            continue
-        if metric == 2:
-            for k in range(k_dims):
-                if abs(np.float64(shows[j, k]) - np.float64(x[i, k])) <= e:
-                    acc[k] += shows[j, k]
-                    cnt[k] += 1.0
-            continue
-        d = 0.0
-        for k in range(k_dims):
-            diff = np.float64(shows[j, k]) - np.float64(x[i, k])
-            if metric == 0:
-                d += diff * diff
-            else:
-                d = max(d, abs(diff))
-        if (metric == 0 and d <= e * e * k_dims) or (metric == 1 and d <= e):
-            for k in range(k_dims):
-                acc[k] += shows[j, k]
-                cnt[k] += 1.0
-    for k in range(k_dims):
-        out[i, k] = np.float32(acc[k] / cnt[k])
-
-
 @njit(cache=True, parallel=True)
 def hk_means(x, shows, active, rowptr, col, eps, metric, out):
-    """Hegselmann–Krause accepted means into ``out`` [B, N, K]; blocks of agents in parallel."""
+    """Hegselmann–Krause accepted means into ``out`` [B, N, K]; one agent per parallel iteration."""
     b_worlds, n, k_dims = x.shape
-    blocks = (n + HK_BLOCK - 1) // HK_BLOCK
-    for task in prange(b_worlds * blocks):
-        b = task // blocks
-        lo = (task % blocks) * HK_BLOCK
-        acc = np.empty(k_dims, dtype=np.float64)
-        cnt = np.empty(k_dims, dtype=np.float64)
-        eb = eps[0] if eps.shape[0] == 1 else eps[b]
-        for i in range(lo, min(lo + HK_BLOCK, n)):
-            _hk_agent(x[b], shows[b], active[b], rowptr, col, np.float64(eb[i]), metric, i, acc, cnt, out[b])
+    for flat in prange(b_worlds * n):
+        b = flat // n
+        i = flat % n
+        e = np.float64(eps[0, i] if eps.shape[0] == 1 else eps[b, i])
+        acc = np.zeros(k_dims, dtype=np.float64)
+        cnt = np.ones(k_dims, dtype=np.float64)
+        for k in range(k_dims):
+            acc[k] = x[b, i, k]
+        for p in range(rowptr[i], rowptr[i + 1]):
+            j = col[p]
+            if not active[b, j]:
+                continue
+            if metric == 2:
+                for k in range(k_dims):
+                    if abs(np.float64(shows[b, j, k]) - np.float64(x[b, i, k])) <= e:
+                        acc[k] += shows[b, j, k]
+                        cnt[k] += 1.0
+                continue
+            d = 0.0
+            for k in range(k_dims):
+                diff = np.float64(shows[b, j, k]) - np.float64(x[b, i, k])
+                if metric == 0:
+                    d += diff * diff
+                else:
+                    d = max(d, abs(diff))
+            if (metric == 0 and d <= e * e * k_dims) or (metric == 1 and d <= e):
+                for k in range(k_dims):
+                    acc[k] += shows[b, j, k]
+                    cnt[k] += 1.0
+        for k in range(k_dims):
+            out[b, i, k] = np.float32(acc[k] / cnt[k])

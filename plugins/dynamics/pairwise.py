@@ -96,8 +96,9 @@ class Deffuant:
         masked = used is not None
         used = torch.full((world.b,), count) if used is None else used
         _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
-                        net.rowptr.numpy(), net.col.numpy(), rng.key("deffuant/focal").numpy(),
-                        rng.key("deffuant/partner").numpy(), used.numpy(), state.active.contiguous().numpy(), masked,
+                        net.rowptr.numpy(), net.col.numpy(), _numba.stream_keys(rng, "deffuant/focal"),
+                        _numba.stream_keys(rng, "deffuant/partner"), used.numpy(), state.active.contiguous().numpy(),
+                        masked,
                         world.params.confidence.to(torch.float32).contiguous().numpy(),
                         _rates(world).contiguous().numpy(), METRICS[self.params.distance],
                         np.inf if repulse is None else float(repulse))
@@ -154,8 +155,8 @@ class AlgorithmicBias(Deffuant):
         repulse = self.params.repulsion
         _numba.algorithmic_bias(
             x.numpy(), shown_np, fixed.cpu().contiguous().numpy(), active.numpy(), not bool(active.all()),
-            net.rowptr.numpy(), net.col.numpy(), rng.key("algorithmic_bias/focal").cpu().numpy(),
-            rng.key("algorithmic_bias/partner").cpu().numpy(), used.numpy(),
+            net.rowptr.numpy(), net.col.numpy(), _numba.stream_keys(rng, "algorithmic_bias/focal"),
+            _numba.stream_keys(rng, "algorithmic_bias/partner"), used.numpy(),
             world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
             _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],
             np.inf if repulse is None else float(repulse), float(self.params.gamma),
