@@ -290,3 +290,28 @@ def test_counterfactual_twins_share_streams_without_the_named_groups():
     assert simulation.rng.stream.tolist() == [0, 2, 0, 2] and simulation.state.world_step.tolist() == [3, 0, 3, 0]
     with pytest.raises(sim.ScenarioError, match="counterfactual: unknown group 'ais'"):
         _scenario(counterfactual=["ais"])
+
+
+class Overshoots:
+    """Pushes every value a little past the top (a broken plugin)."""
+
+    Params = sim.contracts.NoParams
+    uses = ()
+
+    def __init__(self, params):
+        self.params = params
+
+    def apply(self, values, expressed, state, world, rng):
+        return values + 0.6
+
+
+def test_a_plugin_that_leaves_the_unit_range_stops_the_run_naming_it():
+    from sim import registry
+
+    with registry.scratch():
+        registry.register("dynamics", "overshoots")(Overshoots)
+        simulation = sim.build(_scenario(dynamics=["deffuant", "overshoots"]))
+        with pytest.raises(sim.core.engine.StepError, match=r"^step 1: dynamics 'overshoots' apply\(\) returned "
+                                                            r"values outside \[0, 1\] \(from 0\.\d+ to 1\.\d+\); "
+                                                            r"keep them in range, e.g. with .clamp\(0, 1\)$"):
+            simulation.step()

@@ -71,6 +71,7 @@ class Deffuant:
 
     Params: ClassVar = _PairwiseParams
     uses: ClassVar[tuple[str, ...]] = ("confidence", "rate")
+    keeps_unit_range: ClassVar[bool] = True  # convex moves / clipping, proven by tests/test_dynamics.py
 
     def __init__(self, params: _PairwiseParams):
         self.params = params
@@ -97,8 +98,8 @@ class Deffuant:
         used = torch.full((world.b,), count) if used is None else used
         _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
                         net.rowptr.numpy(), net.col.numpy(), _numba.stream_keys(rng, "deffuant/focal"),
-                        _numba.stream_keys(rng, "deffuant/partner"), used.numpy(), state.active.contiguous().numpy(),
-                        masked,
+                        _numba.stream_keys(rng, "deffuant/partner"), used.numpy(),
+                        state.active.contiguous().numpy(), masked,
                         world.params.confidence.to(torch.float32).contiguous().numpy(),
                         _rates(world).contiguous().numpy(), METRICS[self.params.distance],
                         np.inf if repulse is None else float(repulse))

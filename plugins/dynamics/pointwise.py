@@ -19,6 +19,7 @@ class FriedkinJohnsen:
 
     Params: ClassVar = NoParams
     uses: ClassVar[tuple[str, ...]] = ("anchoring",)
+    keeps_unit_range: ClassVar[bool] = True  # convex moves / clipping, proven by tests/test_dynamics.py
 
     def __init__(self, params):
         self.params = params
@@ -39,6 +40,7 @@ class Noise:
         """Share of agents, drawn anew each step, that receive noise."""
 
     uses: ClassVar[tuple[str, ...]] = ()
+    keeps_unit_range: ClassVar[bool] = True  # convex moves / clipping, proven by tests/test_dynamics.py
 
     def __init__(self, params):
         self.params = params

@@ -31,6 +31,7 @@ class HegselmannKrause:
         """Which implementation computes the means; all give the same result."""
 
     uses: ClassVar[tuple[str, ...]] = ("confidence", "rate")
+    keeps_unit_range: ClassVar[bool] = True  # convex moves / clipping, proven by tests/test_dynamics.py
 
     def __init__(self, params):
         self.params = params

@@ -75,6 +75,11 @@ class Dynamics(_Contract):
     parameters it reads (``confidence``, ``rate``, ``anchoring``), so a
     scenario that sets one no listed dynamics uses can be told so.
     Zealots are held fixed by the engine, not by each dynamics.
+
+    The engine checks every step that what ``apply`` returned is finite and in
+    [0, 1], and stops the run naming the plugin and the step if not; a dynamics
+    whose tests prove it never leaves the range may say
+    ``keeps_unit_range = True`` to skip that one reduction pass.
     """
 
     Params: ClassVar[type[BaseModel]]

@@ -64,6 +64,7 @@ from pydantic import ValidationError
 
 from ..errors import RunStop, ScenarioError
 from .contracts import PolicyOutput, Reading, StepOutput
+from .ops import unit_range_problem
 from .rng import Streams
 from .state import AGENT_PARAMETERS, AgentParams, Group, State, World
 
@@ -137,6 +138,8 @@ class Simulation:
             except Exception as exc:
                 raise StepError(f"step {state.step + 1}: dynamics {name!r} raised "
                                 f"{type(exc).__name__}: {exc}") from exc
+            if not getattr(dynamics, "keeps_unit_range", False):
+                self._check_unit(values, f"dynamics {name!r}")
         values = self._hold_fixed(before, values)
         values = self._run_alignment(before, values, rng)
         state.values = values
@@ -281,8 +284,17 @@ class Simulation:
                             f"{type(exc).__name__}: {exc}") from exc
         if isinstance(out, PolicyOutput):
             self.events.extend({"step": step, "group": group.name, **e} for e in out.events)
-            return out.expressed
+            out = out.expressed
+        if method in ("express", "measure") and out is not None:
+            self._check_unit(out, f"policy {name!r} of group {group.name!r}", step, method)
         return out
+
+    def _check_unit(self, tensor: torch.Tensor, who: str, step: int | None = None, method: str = "apply") -> None:
+        """Stop the run, naming the plugin and the step, when what it returned is not values in [0, 1]."""
+        problem = unit_range_problem(tensor)
+        if problem is not None:
+            step = self.state.step + 1 if step is None else step
+            raise StepError(f"step {step}: {who} {method}() returned {problem}")
 
     # ------------------------------------------------------------------ protocols
 
@@ -312,6 +324,7 @@ class Simulation:
             self.state.alignment[name] = out.carry
             self.events.extend({"step": self.state.step + 1, "alignment": name, **e} for e in out.events)
             if out.values is not None:
+                self._check_unit(out.values, f"alignment rule {name!r}", method="update")
                 values = out.values
         if self.alignment and not bool(self.state.active.all()):
             values = torch.where(self.state.active[..., None], values, before)
@@ -335,6 +348,7 @@ class Simulation:
             self.state.protocols[name] = out.carry
             self.events.extend({"step": self.state.step + 1, "protocol": name, **e} for e in out.events)
             if out.values is not None:
+                self._check_unit(out.values, f"protocol {name!r}", method="step")
                 values = out.values
         return values
 

@@ -77,3 +77,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> tor
     total = (x * m).sum(dim)
     count = m.sum(dim)
     return total / count.where(count > 0, torch.full((), float("nan"), dtype=x.dtype))
+
+
+def unit_range_problem(tensor: torch.Tensor) -> str | None:
+    """Why ``tensor`` is not a set of values in [0, 1] (NaN, infinities, or values outside), or None if it is.
+
+    One reduction pass: the engine calls it on every plugin's output at every step, and ``sim.checks`` words
+    its failures with it.
+    """
+    if tensor.numel() == 0:
+        return None
+    low, high = torch.aminmax(tensor)
+    low, high = float(low), float(high)
+    if low != low or high != high or abs(low) == float("inf") or abs(high) == float("inf"):
+        return "NaN or infinite values"
+    if low < 0 or high > 1:
+        return f"values outside [0, 1] (from {low:g} to {high:g}); keep them in range, e.g. with .clamp(0, 1)"
+    return None

@@ -27,6 +27,7 @@ from ..core.contracts import NetworkRequest, PolicyOutput, Reading
 from ..errors import PluginError
 from .kinds import KINDS, unknown_name_message
 from ..core.network import edges_to_network
+from ..core.ops import unit_range_problem
 from ..core.rng import Streams
 from ..core.state import AGENT_PARAMETERS, AgentParams, Group, State, World
 from ..core.valuespace import ValueSpace
@@ -311,12 +312,9 @@ def _unit_tensor(label: str, out: Any, shape: tuple[int, ...], contract: str, li
         raise _Failure(f"{label} returned {out.dtype}; return the dtype of the values ({like.dtype})")
     if out.device != like.device:
         raise _Failure(f"{label} returned a tensor on {out.device}; return it on the values' device ({like.device})")
-    if not bool(torch.isfinite(out).all()):
-        raise _Failure(f"{label} returned NaN or infinite values")
-    low, high = float(out.min()), float(out.max())
-    if low < 0 or high > 1:
-        raise _Failure(f"{label} returned values outside [0, 1] (from {low:g} to {high:g}); "
-                       "keep them in range, e.g. with .clamp(0, 1)")
+    problem = unit_range_problem(out)  # the engine words it the same way at every step of a run
+    if problem is not None:
+        raise _Failure(f"{label} returned {problem}")
     return out
 
 
