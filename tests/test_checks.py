@@ -10,13 +10,14 @@ from pydantic import BaseModel, Field
 
 from sim import registry
 from sim.checks import (
-    check_dynamics, check_metric, check_network, check_plugin, check_policy, check_protocol, tiny_world,
+    check_alignment, check_dynamics, check_metric, check_network, check_plugin, check_policy, check_protocol,
+    tiny_world,
 )
 from sim.contracts import NoParams, PluginParams, ProtocolOutput, Reading
 from sim.errors import PluginError
 
 CHECKS = {"dynamics": check_dynamics, "metrics": check_metric, "networks": check_network, "policies": check_policy,
-          "protocols": check_protocol}
+          "protocols": check_protocol, "alignment": check_alignment}
 # Parameters for registered plugins whose Params have required fields (networks: as the project's issue lists).
 PARAMS = {
     "networks": {"erdos_renyi": {"p": 0.3}, "watts_strogatz": {"k": 4, "p": 0.1}, "barabasi_albert": {"m": 2},
@@ -28,8 +29,16 @@ PARAMS = {
                                      "system_prompt": "You value {values_text}.",
                                      "message_prompt": "They value {audience_text}.",
                                      "questionnaire": {"at_start": False}}}},
-    "protocols": {"broadcast": {"speakers": "second", "share": 0.8}},
-    "metrics": {"protocol_outcome": {"protocol": "checked", "outcome": "count"}},
+    "protocols": {"broadcast": {"speakers": "second", "share": 0.8},
+                  "trusted_broadcast": {"speakers": "second", "share": 0.8, "trust": 1.5, "trust_spread": 0.5}},
+    "metrics": {"protocol_outcome": {"protocol": "checked", "outcome": "count"},
+                "alignment_gap": {"ai": ["second"], "humans": ["first"]},
+                "lock_in": {"humans": ["first"]},
+                "progress_scores": {"ai": ["second"], "humans": ["first"],
+                                    "points": [[0, 0.2, 0.5, 0.8], [4, 0.6, 0.4, 0.2]], "horizon": 2}},
+    "dynamics": {"drift": {"trend": [0.01, -0.02, 0.0]}},
+    "alignment": {"static": {"ai": "second"}, **{rule: {"ai": "second", "humans": ["first"]}
+                                                for rule in ("follow", "lifelong", "extrapolative")}},
 }
 ORIGIN = "file /plugins/fake.py"
 WORLD = "the tiny world of sim.checks (B=2, N=12 in 2 groups, K=3, a ring)"

@@ -75,7 +75,7 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     group_index = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([g.size for g in groups]))
     world = World(space=scenario.space, groups=groups, network=net.to(device), params=params.to(device),
                   initial=init.to(device), group_index=group_index.to(device), honest=honest.to(device),
-                  context={"seed": run_seed, **(context or {})})
+                  context={"seed": run_seed, "base_dir": str(scenario.base_dir), **(context or {})})
     state = State(values=world.initial.clone(), active=torch.ones((b, n), dtype=torch.bool, device=device))
     if spec.counterfactual:
         half = b // 2
