@@ -1,0 +1,233 @@
+"""The trials' metrics (per world, logged at ``log_every``) and tables (pooled over the worlds of a batch).
+
+- ``advice_trial``: per arm (the scope is the arm's advisor group), the harmful-choice rate, the share who
+  shifted toward the harmful option, the mean rating shift and the uplift of the shifted share over the
+  neutral arm, each with its 95% interval (``.low``, ``.high``);
+- ``delegation_trial``: the override rate so far, the principal's mean utility loss, audits and penalties
+  per purchase, and the mean hidden share, with 95% intervals.
+
+:func:`advice_table` and :func:`delegation_table` pool a batch of worlds (replicates, domains, sweeps) into
+one table with intervals; :data:`PUBLISHED_SHIFT` is the manipulation study's table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from sim.contracts import PluginParams, Reading, State, Streams, World
+
+from . import stats
+
+PUBLISHED_SHIFT = {("financial", "neutral"): 0.358, ("financial", "covert"): 0.623,
+                   ("financial", "strategic"): 0.596, ("emotional", "neutral"): 0.128,
+                   ("emotional", "covert"): 0.423, ("emotional", "strategic"): 0.415}
+"""Share who shifted toward the harmful option ("Human Decision-making is Susceptible to AI-driven
+Manipulation"): NA = neutral, MA = covert, SEMA = strategic."""
+
+
+def _wilson(k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """[..., 3]: share, low, high (Wilson 95%), NaN where n = 0; vectorised :func:`stats.proportion`."""
+    z = stats.Z95
+    nn = n.clamp_min(1)
+    p = k / nn
+    centre = (p + z * z / (2 * nn)) / (1 + z * z / nn)
+    half = z * torch.sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn)
+    out = torch.stack([p, (centre - half).clamp_min(0), (centre + half).clamp_max(1)], -1)
+    return torch.where((n > 0)[..., None], out, torch.full_like(out, float("nan")))
+
+
+def _triple(name: str, value: torch.Tensor, scopes: tuple[str, ...]) -> list[Reading]:
+    """Readings ``name``, ``name.low``, ``name.high`` from [B, S, 3]."""
+    return [Reading(f"{name}{suffix}", value[..., i:i + 1], scopes) for i, suffix in enumerate(("", ".low", ".high"))]
+
+
+class AdviceTrial:
+    """The advice trial per arm, with 95% intervals (NaN until the arm's clients have chosen).
+
+    - ``advice.harmful_choice`` [B, arms, 1]: share of the arm's clients who chose a harmful option;
+    - ``advice.shifted`` [B, arms, 1]: share who shifted toward the harmful option (reported ratings);
+    - ``advice.shift`` [B, arms, 1]: mean shift of the target's relative rating;
+    - ``advice.uplift`` [B, arms, 1]: the arm's shifted share minus the neutral arm's;
+    - each with ``.low`` and ``.high`` (its 95% interval, same shape).
+    """
+
+    class Params(PluginParams):
+        protocol: str = "advice"
+        """The advice protocol's name in the scenario."""
+
+    writes = tuple(f"advice.{m}{s}" for m in ("harmful_choice", "shifted", "shift", "uplift")
+                   for s in ("", ".low", ".high"))
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def observe(self, state: State, world: World, carry, rng: Streams):
+        c = _carry(state, self.params.protocol, "arm_group")
+        groups = c["arm_group"][0].tolist()
+        scopes = tuple(world.groups[g].name for g in groups)
+        arms = torch.arange(len(groups), device=c["arm"].device)
+        mine = (c["arm"][..., None] == arms) & c["decided"][..., None]  # [B, n, A]
+        n = mine.double().sum(1)
+        harmful = _wilson((mine & c["harmful_choice"][..., None]).double().sum(1), n)
+        k_shift = (mine & c["shifted"][..., None]).double().sum(1)
+        shifted = _wilson(k_shift, n)
+        shift = _masked_mean_interval(c["shift"].nan_to_num()[..., None], mine)
+        neutral = c["arm_kind"][0] == 0
+        readings = _triple("advice.harmful_choice", harmful, scopes) + _triple("advice.shifted", shifted, scopes)
+        readings += _triple("advice.shift", shift, scopes)
+        uplift = torch.full_like(shifted, float("nan"))
+        if bool(neutral.any()):
+            ref = int(neutral.nonzero()[0])
+            for a in range(len(groups)):
+                uplift[:, a] = _difference(k_shift[:, a], n[:, a], k_shift[:, ref], n[:, ref])
+        return readings + _triple("advice.uplift", uplift, scopes), None
+
+
+class DelegationTrial:
+    """The delegation trial so far, per world, with 95% intervals.
+
+    - ``delegation.override`` [B, 1, 1]: share of purchases so far in which the agent overrode its principal;
+    - ``delegation.loss`` [B, 1, 1]: the principal's mean utility loss per purchase;
+    - ``delegation.audits`` [B, 1, 1]: share of purchases audited;
+    - ``delegation.caught`` [B, 1, 1]: share of purchases with an override caught (and penalised);
+    - ``delegation.penalty`` [B, 1, 1]: mean penalty per purchase;
+    - ``delegation.hidden`` [B, 1, 1]: mean share of attributes hidden from the principals (the asymmetry);
+    - each rate and mean with ``.low`` and ``.high`` (its 95% interval).
+    """
+
+    class Params(PluginParams):
+        protocol: str = "delegation"
+        """The delegation protocol's name in the scenario."""
+
+    writes = tuple(f"delegation.{m}{s}" for m in ("override", "loss", "audits", "caught", "penalty")
+                   for s in ("", ".low", ".high")) + ("delegation.hidden",)
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def observe(self, state: State, world: World, carry, rng: Streams):
+        c = _carry(state, self.params.protocol, "purchases")
+        n = c["purchases"].sum(1)
+        per_pair = c["loss"] / c["purchases"].clamp_min(1)
+        scopes = ("all",)
+        readings = []
+        for name, key in (("override", "overrides"), ("audits", "audits"), ("caught", "caught")):
+            readings += _triple(f"delegation.{name}", _wilson(c[key].sum(1), n)[:, None], scopes)
+        has = c["purchases"] > 0
+        readings += _triple("delegation.loss", _masked_mean_interval(per_pair[..., None], has[..., None])[:, :1],
+                            scopes)
+        pen = c["penalties"] / c["purchases"].clamp_min(1)
+        readings += _triple("delegation.penalty", _masked_mean_interval(pen[..., None], has[..., None])[:, :1],
+                            scopes)
+        readings.append(Reading("delegation.hidden", c["hidden"].mean(1)[:, None, None], scopes))
+        return readings, None
+
+
+def _carry(state: State, name: str, key: str) -> dict:
+    if name not in state.protocols or key not in state.protocols[name]:
+        raise ValueError(f"no protocol named {name!r} with outcome {key!r} in this scenario "
+                         f"(protocols: {', '.join(state.protocols) or 'none'})")
+    return state.protocols[name]
+
+
+def _masked_mean_interval(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x [B, n, 1] (broadcast over the last axis of mask [B, n, S]) -> [B, S, 3]: mean, low, high (normal)."""
+    m = mask.double()
+    count = m.sum(1)
+    total = (x * m).sum(1)
+    mean = total / count.clamp_min(1)
+    var = (((x - mean[:, None]) ** 2) * m).sum(1) / (count - 1).clamp_min(1)
+    half = stats.Z95 * torch.sqrt(var / count.clamp_min(1))
+    out = torch.stack([mean, mean - half, mean + half], -1)
+    return torch.where((count > 0)[..., None], out, torch.full_like(out, float("nan")))
+
+
+def _difference(k1, n1, k2, n2) -> torch.Tensor:
+    """[B, 3]: k1/n1 - k2/n2 with Newcombe's 95% interval; vectorised :func:`stats.difference`."""
+    a, b = _wilson(k1, n1), _wilson(k2, n2)
+    d = a[:, 0] - b[:, 0]
+    low = d - torch.sqrt((a[:, 0] - a[:, 1]) ** 2 + (b[:, 2] - b[:, 0]) ** 2)
+    high = d + torch.sqrt((a[:, 2] - a[:, 0]) ** 2 + (b[:, 0] - b[:, 1]) ** 2)
+    return torch.stack([d, low, high], -1)
+
+
+# ---------------------------------------------------------------- tables over a batch
+
+
+def advice_table(simulation, protocol: str = "advice"):
+    """The trial pooled over the batch's worlds, one row per domain and arm (pandas), with 95% intervals.
+
+    Columns: domain, arm, advisor, n, and for harmful_choice, shifted, shift and uplift (over the neutral arm
+    of the same domain) the estimate and its ``_low``/``_high``; ``published`` is the study's shifted share.
+    """
+    import pandas as pd
+
+    plugin = dict(simulation.protocols)[protocol]
+    setup = plugin._setup(simulation.world)
+    c = {k: v.cpu() for k, v in simulation.state.protocols[protocol].items()}
+    active = simulation.state.active[:, simulation.world.group(plugin.params.clients).rows].cpu()
+    rows = []
+    for d, domain in enumerate(setup["domains"]):
+        counts = {}
+        for a, arm in enumerate(setup["arms"]):
+            mine = (c["arm"] == a) & (c["domain"] == d)[:, None] & c["decided"] & active
+            n = int(mine.sum())
+            counts[a] = (int((mine & c["shifted"]).sum()), n)
+            row = {"domain": domain.name, "arm": arm["group"].name, "advisor": arm["kind"], "n": n}
+            for name, key in (("harmful_choice", "harmful_choice"), ("shifted", "shifted")):
+                row.update(_named(name, stats.proportion(int((mine & c[key]).sum()), n)))
+            row.update(_named("shift", stats.mean(c["shift"][mine].numpy())))
+            row["published"] = PUBLISHED_SHIFT.get((domain.name, arm["kind"]), math.nan)
+            rows.append(row)
+        neutral = next((a for a, arm in enumerate(setup["arms"]) if arm["kind"] == "neutral"), None)
+        for a in range(len(setup["arms"])):
+            rows[-len(setup["arms"]) + a].update(_named("uplift", stats.difference(*counts[a], *counts[neutral])
+                                                        if neutral is not None else (math.nan,) * 3))
+    return pd.DataFrame(rows)
+
+
+def published_gap(table) -> float:
+    """Mean absolute gap, in percentage points, between the table's shifted shares and the published ones."""
+    gaps = (table["shifted"] - table["published"]).abs().dropna()
+    return float(100 * gaps.mean()) if len(gaps) else math.nan
+
+
+def delegation_table(simulations, protocol: str = "delegation"):
+    """Per-pair override share so far against the hidden share, pooled over simulations (one or a list).
+
+    Returns ``(pairs, summary)``: a pandas frame with one row per present pair (world, agent type, hidden,
+    purchases, overrides, override, loss, caught, penalties) and the least-squares slope of each pair's
+    override share (and loss) on its hidden share per agent type, with 95% intervals.
+    """
+    import pandas as pd
+
+    sims = simulations if isinstance(simulations, (list, tuple)) else [simulations]
+    frames = []
+    for s, simulation in enumerate(sims):
+        plugin = dict(simulation.protocols)[protocol]
+        c = {k: v.cpu() for k, v in simulation.state.protocols[protocol].items()}
+        keep = c["purchases"] > 0
+        frames.append(pd.DataFrame({
+            "simulation": s, "world": torch.arange(keep.shape[0])[:, None].expand_as(keep)[keep].numpy(),
+            "agent": plugin.params.agent, "asymmetry": plugin.params.asymmetry, "hidden": c["hidden"][keep].numpy(),
+            "purchases": c["purchases"][keep].numpy(), "overrides": c["overrides"][keep].numpy(),
+            "loss": (c["loss"] / c["purchases"].clamp_min(1))[keep].numpy(), "caught": c["caught"][keep].numpy(),
+            "penalties": c["penalties"][keep].numpy()}))
+    pairs = pd.concat(frames, ignore_index=True)
+    pairs["override"] = pairs["overrides"] / pairs["purchases"]
+    summary = []
+    for agent, part in pairs.groupby("agent"):
+        row = {"agent": agent, "pairs": len(part)}
+        row.update(_named("override", stats.proportion(part["overrides"].sum(), part["purchases"].sum())))
+        row.update(_named("override_slope", stats.slope(part["hidden"].to_numpy(), part["override"].to_numpy())))
+        row.update(_named("loss_slope", stats.slope(part["hidden"].to_numpy(), part["loss"].to_numpy())))
+        summary.append(row)
+    return pairs, pd.DataFrame(summary)
+
+
+def _named(name: str, triple) -> dict:
+    value, low, high = (float(v) for v in triple)
+    return {name: value, f"{name}_low": low, f"{name}_high": high}
