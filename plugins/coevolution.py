@@ -266,9 +266,13 @@ class LockIn:
             total.append(1 - moved / torch.where(moved_twin > 0, moved_twin, torch.nan))
             square = shift_twin.square().sum(-1)
             along.append(1 - (shift * shift_twin).sum(-1) / torch.where(square > 0, square, torch.nan))
-        names = tuple(g.name for g in groups) or ("none",)
-        return [Reading("lock_in", _masked(total, valid, world), names),
-                Reading("lock_in_drift", _masked(along, valid, world), names)], carry
+        return [Reading("lock_in", _masked(total, valid, world), _names(groups)),
+                Reading("lock_in_drift", _masked(along, valid, world), _names(groups))], carry
+
+
+def _names(groups) -> tuple[str, ...]:
+    """The scopes of a reading: the groups' names (``none``, one NaN scope, when there are no such groups)."""
+    return tuple(g.name for g in groups) or ("none",)
 
 
 def _masked(parts: list[torch.Tensor], valid: torch.Tensor, world: World) -> torch.Tensor:
@@ -336,9 +340,9 @@ class AlignmentGap:
             share.append(changed / torch.where(whole > 0, whole, torch.nan))
             pull.append(_mean(self._distance(twin, ai_centre[:, None]), both)
                         - _mean(self._distance(x, ai_centre[:, None]), both))
-        return [Reading("ai_gap", _masked(gaps, torch.ones_like(valid), world), tuple(g.name for g in ais) or ("none",)),
-                Reading("ai_share", _masked(share, valid, world), tuple(g.name for g in humans) or ("none",)),
-                Reading("ai_pull", _masked(pull, valid, world), tuple(g.name for g in humans) or ("none",))], carry
+        return [Reading("ai_gap", _masked(gaps, torch.ones_like(valid), world), _names(ais)),
+                Reading("ai_share", _masked(share, valid, world), _names(humans)),
+                Reading("ai_pull", _masked(pull, valid, world), _names(humans))], carry
 
 
 # ---------------------------------------------------------------------------- ProgressGym
@@ -416,11 +420,9 @@ class ProgressScores:
         follow, predict, coevolve = mean[:, 0:2 * a:2], mean[:, 1:2 * a:2], mean[:, 2 * a:2 * a + h]
         ones = torch.ones(world.b, dtype=torch.bool, device=world.device)
         readings = [
-            Reading("follow_score", _masked(list(follow.unbind(1)), ones, world), tuple(g.name for g in ais) or ("none",)),
-            Reading("predict_score", _masked(list(predict.unbind(1)), ones, world),
-                    tuple(g.name for g in ais) or ("none",)),
-            Reading("coevolve_score", _masked(list(coevolve.unbind(1)), ones, world),
-                    tuple(g.name for g in humans) or ("none",)),
+            Reading("follow_score", _masked(list(follow.unbind(1)), ones, world), _names(ais)),
+            Reading("predict_score", _masked(list(predict.unbind(1)), ones, world), _names(ais)),
+            Reading("coevolve_score", _masked(list(coevolve.unbind(1)), ones, world), _names(humans)),
         ]
         return readings, {"sum": total, "count": count}
 

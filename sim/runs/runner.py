@@ -69,6 +69,10 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
                     "shared_by_worlds": True, "edges": simulation.world.network.num_edges, "directed": False,
                     "file": "network.parquet"},
         "agents_per_world": agents_per_world(simulation),
+        # the scenario's counterfactual twins: which worlds they are (world b's twin is b + worlds / 2 and back)
+        "counterfactual_worlds": [] if simulation.world.counterfactual is None
+        else simulation.world.counterfactual.nonzero().flatten().tolist(),
+        "counterfactual_groups": list(spec.counterfactual),
         "tables": table_schemas(scenario.space.dimensions, agents_per_world(simulation)),
     }
     lock = None
