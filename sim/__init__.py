@@ -63,7 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Scenario", "load_scenario", "scenario_from_dict", "build", "run", "resume", "open_run",
-    "ValuesimError", "ScenarioError", "PluginError", "RunDirError", "RunFailed", "__version__",
+    "calibrate", "ValuesimError", "ScenarioError", "PluginError", "RunDirError", "RunFailed", "__version__",
 ]
 
 
@@ -79,6 +79,10 @@ def __getattr__(name: str):
     if name == "build":
         from .config.build import build_simulation
         return build_simulation
+    if name == "calibrate":  # the package: sim.calibrate.fit(...), as `valuesim calibrate`
+        import importlib
+
+        return importlib.import_module(".calibrate", __name__)
     if name == "open_run":
         from .runs.reading import open_run
         return open_run

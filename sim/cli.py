@@ -88,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None, help="device to resume on (default: the run's)")
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--json", action="store_true")
+    _calibrate_parser(sub)
     return p
 
 
@@ -117,7 +118,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
-                "new": _new, "runs": _runs}[args.command](args)
+                "new": _new, "runs": _runs, "calibrate": _calibrate}[args.command](args)
     except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -257,6 +258,103 @@ class _progress:
                 bar.start()
                 self.task = bar.add_task("run", total=total, completed=step)
             self.bar.update(self.task, completed=step, total=total)
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+CALIBRATE_EXAMPLES = """\
+examples:
+  valuesim calibrate scenarios/ego_networks.yaml --targets scenarios/ego_networks/targets.yaml \\
+      --param population.people.confidence=0.05:0.6 --param population.people.rate=0.05:0.5
+  valuesim calibrate s.yaml --targets t.yaml --param population.people.rate=0.05:0.5 \\
+      --param dynamics.noise.sigma=0:0.05 --method cmaes --budget 480 --seeds 16 --json
+
+Each iteration evaluates the whole swarm as one batched run: every candidate is SEEDS worlds of one batch,
+on the same random streams as every other candidate. Keys that can vary per world: a group's per-agent
+parameters and their distributions (population.G.confidence, .rate, .anchoring, .zealots,
+population.G.confidence.low, ...) and a group's policy parameters (population.G.policy.P.param). Any other
+key (network, dynamics, counts, steps) is evaluated one batch per distinct value: correct, but as slow as a
+run per candidate. The targets file (metric values with se or tolerance, and/or observed trajectories) is
+described in the README's Calibration section.
+
+exit codes: 0 success, 1 the calibration failed, 2 bad input
+"""
+
+
+def _calibrate_parser(sub) -> None:
+    c = sub.add_parser("calibrate", help="fit scenario parameters to metric values or observed value trajectories",
+                       epilog=CALIBRATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("scenario", help="scenario YAML file")
+    c.add_argument("--targets", required=True, metavar="TARGETS.yaml", help="what to fit (see below)")
+    c.add_argument("--param", dest="params", action="append", default=[], metavar="KEY=LOW:HIGH",
+                   help="a scenario key to search and its range (repeatable), e.g. population.people.rate=0.05:0.5")
+    c.add_argument("--method", choices=("pso", "cmaes"), default="pso",
+                   help="particle swarm (default) or CMA-ES (the cmaes package)")
+    c.add_argument("--budget", type=int, default=320, metavar="EVALUATIONS",
+                   help="candidates to evaluate in all (default 320)")
+    c.add_argument("--swarm", type=int, default=16, help="candidates per iteration, one batch (default 16)")
+    c.add_argument("--seeds", type=int, default=8, metavar="R",
+                   help="random streams each candidate is run on, shared by all candidates (default 8)")
+    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario field first (repeatable)")
+    c.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    c.add_argument("--out", help="calibration directory (default: runs/<scenario>__<UTC time>__s<seed>__calibrate)")
+    c.add_argument("--runs-dir", default="runs", help="where calibration directories go (default: runs)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def _calibrate(args) -> int:
+    from .calibrate import fit
+
+    with _calibration_progress(args.quiet) as progress:
+        result = fit(args.scenario, args.targets, args.params, method=args.method, budget=args.budget,
+                     swarm=args.swarm, seeds=args.seeds, out=args.out, runs_dir=args.runs_dir, device=args.device,
+                     overrides=args.overrides, progress=progress, command=["valuesim", *sys.argv[1:]])
+    if args.json:
+        print(json.dumps({"run_dir": str(result.run_dir), "params": result.params, "loss": result.loss,
+                          "set_flags": result.set_flags, "evaluations": result.evaluations,
+                          "baselines": result.baselines}))
+        return 0
+    for key, value in result.params.items():
+        print(f"{key} = {value:g}")
+    print(f"loss {result.loss:.6g} after {result.evaluations} evaluations")
+    for name in ("persistence", "degroot", "degroot_fitted"):
+        if f"{name}_mse" in result.baselines:
+            print(f"one-step MSE: model {result.baselines['model_mse']:.6g}, {name} "
+                  f"{result.baselines[f'{name}_mse']:.6g}")
+    print("reproduce with: " + " ".join(["valuesim run", args.scenario, *(f"--set {f}" for f in args.overrides),
+                                         *(f"--set {f}" for f in result.set_flags)]))
+    print(f"calibration: {result.run_dir}")
+    return 0
+
+
+class _calibration_progress:
+    """A rich progress bar of iterations and the best loss so far, on stderr."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.bar, self.task = quiet, None, None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn("iterations"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       TextColumn("best loss {task.fields[best]}"), console=Console(stderr=True))
+
+        def update(iteration: int, total: int, best: float) -> None:
+            if self.task is None:
+                self.bar = bar
+                bar.start()
+                self.task = bar.add_task("calibrate", total=total, best="-")
+            self.bar.update(self.task, completed=iteration, best=f"{best:.6g}")
 
         return update
 
