@@ -26,9 +26,9 @@ except ImportError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
 KINDS = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network",
-         "protocols": "protocol"}
+         "protocols": "protocol", "alignment": "alignment"}
 CHECKS = {"policies": checks.check_policy, "dynamics": checks.check_dynamics, "metrics": checks.check_metric,
-          "networks": checks.check_network, "protocols": checks.check_protocol}
+          "networks": checks.check_network, "protocols": checks.check_protocol, "alignment": checks.check_alignment}
 
 
 def load_module(name: str, path: Path, monkeypatch):
@@ -92,7 +92,8 @@ def test_kind_words_and_bad_input(tmp_path):
     assert scaffold_plugin("Policies", "first", tmp_path).name == "valuesim-first"
     with pytest.raises(ValuesimError, match=re.escape(f"{tmp_path / 'valuesim-first'} already exists")):
         scaffold_plugin("policy", "first", tmp_path)
-    with pytest.raises(ValuesimError, match=r"kind 'trainer' \(kinds: policy, dynamics, metric, network, protocol\)"):
+    with pytest.raises(ValuesimError, match=r"kind 'trainer' \(kinds: policy, dynamics, metric, network, protocol, "
+                                               r"alignment\)"):
         scaffold_plugin("trainer", "second", tmp_path)
     with pytest.raises(ValuesimError, match="did you mean 'metric'"):
         scaffold_plugin("metrc", "second", tmp_path)

@@ -36,9 +36,10 @@ KIND_WORDS = {
     "metric": "metrics", "metrics": "metrics",
     "network": "networks", "networks": "networks",
     "protocol": "protocols", "protocols": "protocols",
+    "alignment": "alignment", "alignment_rule": "alignment",
 }
 SINGULAR = {"policies": "policy", "dynamics": "dynamics", "metrics": "metric", "networks": "network",
-            "protocols": "protocol"}
+            "protocols": "protocol", "alignment": "alignment"}
 # Starts with a letter and ends with a letter or digit, so that the distribution name is valid too.
 NAME_PATTERN = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?")
 
@@ -46,7 +47,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z](?:[A-Za-z0-9_]*[A-Za-z0-9])?")
 def scaffold_plugin(kind: str, name: str, directory: Path | str = ".") -> Path:
     """Write the plugin package ``<directory>/valuesim-<name>/`` and return its path.
 
-    ``kind``: ``policies``, ``dynamics``, ``metrics``, ``networks`` or ``protocols`` (or the
+    ``kind``: ``policies``, ``dynamics``, ``metrics``, ``networks``, ``protocols`` or ``alignment`` (or the
     singular word). ``name``: the plugin's name in scenarios, a Python
     identifier such as ``my_policy``. Raises :class:`ValuesimError` for a bad
     kind or name, a name an installed plugin of that kind already has, or a
@@ -83,7 +84,8 @@ def normalise_kind(kind: str) -> str:
         return KIND_WORDS[word]
     close = difflib.get_close_matches(word, list(KIND_WORDS), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValuesimError(f"cannot make a plugin of kind {kind!r}{hint} (kinds: policy, dynamics, metric, network, protocol)")
+    raise ValuesimError(f"cannot make a plugin of kind {kind!r}{hint} "
+                        "(kinds: policy, dynamics, metric, network, protocol, alignment)")
 
 
 def check_name(name: str) -> None:
@@ -110,7 +112,8 @@ def _refuse_taken_name(kind: str, name: str) -> None:
 
 # Names the templates import: a plugin class must not shadow them (``reading`` -> ``ReadingPlugin``).
 IMPORTED_NAMES = {"Annotated", "Any", "ClassVar", "Group", "Interval", "NetworkRequest", "PluginParams", "Reading",
-                  "State", "Streams", "World", "ProtocolOutput", "masked_mean"}
+                  "State", "Streams", "World", "ProtocolOutput", "masked_mean",
+                  "StepOutput"}
 
 
 def class_name_for(name: str) -> str:
