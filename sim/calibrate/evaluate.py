@@ -163,6 +163,9 @@ class Evaluator:
             if target.dimension is None and len(dims) > 1:
                 raise self.targets.error(("metrics", i), f"{target.metric} is read per dimension: give a dimension "
                                                          f"({', '.join(map(str, dims))})")
+            if target.dimension is not None and dims == [None]:
+                raise self.targets.error(("metrics", i, "dimension"), f"{target.metric} is not read per dimension: "
+                                                                      "leave dimension out")
             if target.dimension is not None and target.dimension not in dims:
                 raise self.targets.error(("metrics", i, "dimension"), _unknown(
                     "dimension", target.dimension, [d for d in dims if d], f"{target.metric} is read for"))
