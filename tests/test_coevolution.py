@@ -20,6 +20,7 @@ from scipy import stats
 import sim
 from sim import checks, registry
 from sim.errors import PluginError
+from tests.conftest import REPO
 
 HUMANS = 150
 
@@ -332,7 +333,7 @@ def test_a_counterfactual_world_is_the_scenario_rebuilt_without_the_ai_bit_for_b
 
 
 def test_the_run_log_marks_the_counterfactual_worlds(tmp_path):
-    path = sim.run("scenarios/coevolution.yaml", runs_dir=tmp_path, overrides=[
+    path = sim.run(REPO / "scenarios" / "coevolution.yaml", runs_dir=tmp_path, overrides=[
         "steps=2", "log_every=1", "worlds=2", "population.people.count=60"])
     run = sim.open_run(path)
     manifest = json.loads((path / "manifest.json").read_text())
@@ -341,3 +342,27 @@ def test_the_run_log_marks_the_counterfactual_worlds(tmp_path):
     lock_in = run.metrics().query("metric == 'lock_in' and step == 2")
     assert lock_in.set_index("world")["value"].loc[[2, 3]].isna().all()
     assert lock_in.set_index("world")["value"].loc[[0, 1]].notna().all()
+
+
+@pytest.mark.parametrize("adapts", [True, False])
+def test_an_llm_persona_that_adapts_speaks_from_the_values_its_rule_learned(adapts):
+    spec = {"name": "llm_coevolution", "values": "wvs2", "network": {"generator": "stochastic_block",
+                                                                     "params": {"p": [[0.2, 0.0], [0.0, 0.0]]}},
+            "population": [{"name": "people", "count": 30, "init": {"dist": "constant", "value": 0.2}},
+                           {"name": "assistant", "kind": "llm", "count": 2,
+                            "persona": {"name": "neutral_assistant", "adapts": adapts, "audience": "people",
+                                        "questionnaire": {"at_start": False}}}],
+            "dynamics": [], "metrics": [],
+            "protocols": [{"broadcast": {"speakers": "assistant", "audience": "people", "share": 0.5}}],
+            "alignment": [{"follow": {"ai": "assistant", "rate": 1.0}}]}
+    simulation = sim.build(sim.scenario_from_dict(spec, base_dir=REPO))
+    simulation.step()  # the rule puts the assistants at the people's values (0.2, 0.2)
+    assert torch.allclose(simulation.state.values[0, 30:], torch.tensor(0.2), atol=1e-6)
+    simulation.take_events()
+    simulation.step()
+    said = [e["expressed"] for e in simulation.take_events() if e.get("event") == "llm_message"]
+    assert len(said) == 2
+    profile = [0.6, 0.65]  # agents/neutral_assistant.yaml
+    distance_to_learned = max(abs(v - 0.2) for vector in said for v in vector)
+    distance_to_file = max(abs(v - p) for vector in said for v, p in zip(vector, profile))
+    assert (distance_to_learned < 0.1) if adapts else (distance_to_file < 0.1), said
