@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sim
-from plugins.dynamics import _numba
+from plugins.dynamics import _inline_streams as streams_kernels
 from sim.contracts import Streams
 from sim.core.rng import GOLDEN, MASK64, mix64
 
@@ -104,15 +104,16 @@ def test_the_inline_hash_equals_streams_bits_for_many_keys():
     rng = Streams(7, torch.arange(50) * 1_000_003, torch.arange(50) - 1)
     for purpose in ("deffuant/focal", "deffuant/partner", "x"):
         keys = rng.key(purpose)
-        assert torch.equal(torch.from_numpy(_numba.stream_bits(keys.numpy(), 300)), rng.bits(purpose, (50, 300)))
+        got = streams_kernels.stream_bits(keys.numpy(), 300)
+        assert torch.equal(torch.from_numpy(got), rng.bits(purpose, (50, 300)))
     # the kernels' own computation of the keys
     for seed in (0, 7, -3, 2**64 - 1):
         many = Streams(seed, torch.tensor([0, 1, -1, 2**63 - 1, 12]), torch.tensor([-1, 0, 5, 2**40, -(2**63)]))
         for purpose in ("deffuant/focal", "algorithmic_bias/partner"):
-            assert torch.equal(torch.from_numpy(_numba.stream_keys(many, purpose)), many.key(purpose))
+            assert torch.equal(torch.from_numpy(streams_kernels.stream_keys(many, purpose)), many.key(purpose))
     # hand-picked keys around the edges of int64, against the Python-int definition
     keys = np.array(KEYS, dtype=np.int64)
-    got = _numba.stream_bits(keys, 5)
+    got = streams_kernels.stream_bits(keys, 5)
     for b, key in enumerate(KEYS):
         want = [mix64(key + (i + 1) * GOLDEN) for i in range(5)]
         assert [int(v) & MASK64 for v in got[b]] == want
@@ -121,8 +122,8 @@ def test_the_inline_hash_equals_streams_bits_for_many_keys():
 def test_the_inline_uniforms_and_integers_equal_the_streams():
     rng = Streams.of(3, 40).at(9)
     keys = rng.key("integers")
-    assert torch.equal(torch.from_numpy(_numba.stream_uniform(keys.numpy(), 500)),
+    assert torch.equal(torch.from_numpy(streams_kernels.stream_uniform(keys.numpy(), 500)),
                        rng.uniform("integers", (40, 500), torch.float64))
     high = torch.tensor([1, 2, 3, 7, 10, 1000, 10**6, 2**31 - 1, 2**40 + 3, 5] * 4)
-    assert torch.equal(torch.from_numpy(_numba.stream_below(keys.numpy(), high.numpy(), 500)),
+    assert torch.equal(torch.from_numpy(streams_kernels.stream_below(keys.numpy(), high.numpy(), 500)),
                        rng.integers("integers", high[:, None], (40, 500)))

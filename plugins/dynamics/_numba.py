@@ -5,26 +5,24 @@ distances in float64 from the float32 values, updates in float32 as
 ``x + mu * (other - x)`` (no fused multiply-add: fastmath stays off).
 Metrics: 0 = l2 (Euclidean / sqrt(K)), 1 = linf, 2 = per dimension.
 
-Pairwise models draw their own random numbers inline: draw ``s`` of a
-purpose in a world is SplitMix64's finaliser of ``key + (s + 1) * GOLDEN``,
-``key`` being the world's ``Streams.key(purpose)``, exactly as
-``sim.core.rng.Streams`` computes it in torch (``tests/test_streams.py``
-holds the two together). A world's step then runs in chunks: draw a chunk
-of (focal, partner) pairs into a small buffer, then apply it in order. The
-two halves are split because they stall on different memory: drawing reads
-the CSR (``rowptr``, ``col``) with no data-dependent branch, so many misses
-are in flight at once; applying reads the two value rows and branches on
-the acceptance test. Fused into one loop, each mispredicted acceptance
-discards the next pairs' CSR loads and the loop runs at half the speed.
-With a second core and fewer worlds than threads, one thread draws the next
-chunk while the other applies this one (:func:`deffuant`).
+Pairwise models draw their own random numbers inline (``_inline_streams``:
+the very numbers ``sim.core.rng.Streams`` draws). A world's step runs in
+chunks: draw a chunk of (focal, partner) pairs into a small buffer, then
+apply it in order, each half prefetching the rows it is about to read. At
+N = 10^6 a step is random reads of rows of tens of MB; the two halves are
+split because they stall differently: drawing reads the CSR (``rowptr``,
+``col``) with no data-dependent branch, applying reads two value rows and
+branches on the acceptance test. Measured on the project's 2-core machine,
+one loop doing both ran at 3.5-6 M pairs/s, the split at 10-11 M, and the
+split with prefetching at 24 M on one thread. With a second core and fewer
+worlds than threads, a helper thread draws while the caller applies
+(:func:`deffuant`).
 """
 
 from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numba
 import numpy as np
@@ -33,14 +31,7 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from sim.core.rng import MASK64, mix64, purpose_code
-
-# SplitMix64 (sim.core.rng): the same constants, as unsigned 64-bit integers.
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S11, _S27, _S30, _S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
-_TWO_TO_MINUS_53 = 2.0 ** -53
+from ._inline_streams import _below, _uniform
 
 CHUNK = 4096  # pairs drawn, then applied, at a time by one thread (two int64 buffers stay in L2)
 AHEAD = 16  # pairs whose value rows are prefetched ahead of the one being applied
@@ -73,89 +64,6 @@ def _prefetch(typingctx, array, index):
         return context.get_dummy_value()
 
     return types.void(array, index), codegen
-
-
-# ---------------------------------------------------------------- the inline hash
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _mix64(z):
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _bits(key, s):
-    """Draw ``s`` (0-based) of a world's purpose, as an unsigned 64-bit integer."""
-    return _mix64(key + np.uint64(s + 1) * _GOLDEN)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _uniform(key, s):
-    """``Streams.uniform(..., float64)``: the top 53 bits times 2^-53."""
-    return np.float64(_bits(key, s) >> _S11) * _TWO_TO_MINUS_53
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _below(key, s, high):
-    """``Streams.integers``: ``min(floor(u * high), high - 1)`` with ``u`` the float64 uniform; ``high >= 1``."""
-    return min(np.int64(_uniform(key, s) * np.float64(high)), high - 1)
-
-
-@njit(cache=True, nogil=True)
-def _world_keys(base, stream, step):
-    """``Streams.key``: ``mix64(mix64(base ^ stream[b]) ^ step[b])`` with ``base`` the seed's and purpose's code."""
-    out = np.empty(stream.shape[0], np.uint64)
-    for b in range(stream.shape[0]):
-        out[b] = _mix64(_mix64(base ^ np.uint64(stream[b])) ^ np.uint64(step[b]))
-    return out.view(np.int64)
-
-
-@lru_cache(maxsize=256)
-def _purpose_base(seed: int, purpose: str) -> int:
-    return mix64(mix64(seed & MASK64) ^ purpose_code(purpose))
-
-
-def stream_keys(rng, purpose: str) -> np.ndarray:
-    """``rng.key(purpose)`` as a numpy array, computed here: the same numbers as the torch version (tested),
-    without its twenty small tensor operations (about 40 us a key, a third of a step at N = 10^3)."""
-    if rng.device.type != "cpu":
-        return rng.key(purpose).cpu().numpy()
-    return _world_keys(np.uint64(_purpose_base(rng.seed, purpose)), rng.stream.numpy(), rng.step.numpy())
-
-
-@njit(cache=True)
-def stream_bits(keys, count):
-    """``[B, count]`` int64 bit patterns: what ``Streams.bits`` draws for per-world ``keys`` [B] int64."""
-    out = np.empty((keys.shape[0], count), np.uint64)
-    for b in range(keys.shape[0]):
-        key = np.uint64(keys[b])
-        for s in range(count):
-            out[b, s] = _bits(key, s)
-    return out.view(np.int64)
-
-
-@njit(cache=True)
-def stream_uniform(keys, count):
-    """``[B, count]`` float64: what ``Streams.uniform(..., torch.float64)`` draws for per-world ``keys``."""
-    out = np.empty((keys.shape[0], count), np.float64)
-    for b in range(keys.shape[0]):
-        key = np.uint64(keys[b])
-        for s in range(count):
-            out[b, s] = _uniform(key, s)
-    return out
-
-
-@njit(cache=True)
-def stream_below(keys, high, count):
-    """``[B, count]`` int64: what ``Streams.integers(..., high[:, None], ...)`` draws (``high`` [B] >= 1)."""
-    out = np.empty((keys.shape[0], count), np.int64)
-    for b in range(keys.shape[0]):
-        key = np.uint64(keys[b])
-        for s in range(count):
-            out[b, s] = _below(key, s, high[b])
-    return out
 
 
 # ---------------------------------------------------------------- drawing pairs

@@ -88,6 +88,7 @@ class Deffuant:
     def _numba_step(self, values, expressed, state, world, rng, count, used) -> torch.Tensor:
         """The compiled step: pairs hashed inline from the streams' keys, drawn and applied chunk by chunk."""
         from . import _numba
+        from ._inline_streams import stream_keys
 
         shown, fixed = _shown_and_fixed(values, expressed, world)
         values = values.contiguous()
@@ -97,8 +98,8 @@ class Deffuant:
         masked = used is not None
         used = torch.full((world.b,), count) if used is None else used
         _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
-                        net.rowptr.numpy(), net.col.numpy(), _numba.stream_keys(rng, "deffuant/focal"),
-                        _numba.stream_keys(rng, "deffuant/partner"), used.numpy(),
+                        net.rowptr.numpy(), net.col.numpy(), stream_keys(rng, "deffuant/focal"),
+                        stream_keys(rng, "deffuant/partner"), used.numpy(),
                         state.active.contiguous().numpy(), masked,
                         world.params.confidence.to(torch.float32).contiguous().numpy(),
                         _rates(world).contiguous().numpy(), METRICS[self.params.distance],
@@ -144,6 +145,7 @@ class AlgorithmicBias(Deffuant):
         """Slot s: focal agent from draw s of ``algorithmic_bias/focal`` (as Deffuant's), partner from
         float64 draw s of ``algorithmic_bias/partner`` times the total weight of its active neighbours."""
         from . import _numba
+        from ._inline_streams import stream_keys
 
         device = values.device
         active = state.active.cpu().contiguous()
@@ -156,8 +158,8 @@ class AlgorithmicBias(Deffuant):
         repulse = self.params.repulsion
         _numba.algorithmic_bias(
             x.numpy(), shown_np, fixed.cpu().contiguous().numpy(), active.numpy(), not bool(active.all()),
-            net.rowptr.numpy(), net.col.numpy(), _numba.stream_keys(rng, "algorithmic_bias/focal"),
-            _numba.stream_keys(rng, "algorithmic_bias/partner"), used.numpy(),
+            net.rowptr.numpy(), net.col.numpy(), stream_keys(rng, "algorithmic_bias/focal"),
+            stream_keys(rng, "algorithmic_bias/partner"), used.numpy(),
             world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
             _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],
             np.inf if repulse is None else float(repulse), float(self.params.gamma),

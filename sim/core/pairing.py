@@ -88,7 +88,7 @@ def sample_pairs(network: Network, count: int, rng: Streams, purpose: str, activ
 
 def partners(network: Network, focal: torch.Tensor, u: torch.Tensor,
              active: torch.Tensor | None = None) -> torch.Tensor:
-    """The neighbour of each focal agent picked by ``u`` in [0, 1): the ``floor(u * d)``-th of its d (active) neighbours.
+    """The neighbour of each focal agent picked by ``u`` in [0, 1): the ``floor(u * d)``-th of its d (active) ones.
 
     Without a mask that is ``col[rowptr[i] + floor(u * degree)]``. Under a
     mask the active neighbours are counted with a running sum over the edge
