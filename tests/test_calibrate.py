@@ -41,7 +41,7 @@ def _ego_study(folder: Path, networks: int = 36, noise: float = 0.005, extra: di
 
 @pytest.mark.parametrize("method", ["pso", "cmaes"])
 def test_calibration_recovers_a_known_confidence_bound_and_rate_within_10_percent(tmp_path, method):
-    scenario = _ego_study(tmp_path)
+    scenario = _ego_study(tmp_path, networks=60)
     result = sim.calibrate.fit(scenario, tmp_path / "targets.yaml", SEARCH, method=method, budget=96, swarm=12,
                                seeds=8, runs_dir=tmp_path / "runs")
     confidence = result.params["population.people.confidence"]
