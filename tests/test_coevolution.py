@@ -366,3 +366,33 @@ def test_an_llm_persona_that_adapts_speaks_from_the_values_its_rule_learned(adap
     distance_to_learned = max(abs(v - 0.2) for vector in said for v in vector)
     distance_to_file = max(abs(v - p) for vector in said for v, p in zip(vector, profile))
     assert (distance_to_learned < 0.1) if adapts else (distance_to_file < 0.1), said
+
+
+def test_a_coevolution_run_resumed_from_a_checkpoint_continues_bit_for_bit(tmp_path):
+    from sim.runs.checkpoint import load_checkpoint, save_checkpoint
+
+    rule = {"extrapolative": {"ai": "ai", "horizon": 5, "window": 4, "learn_from": "reached"}}
+    metrics = ["diversity", "lock_in", {"progress_scores": {"points": [[0, 0.4, 0.4], [20, 0.8, 0.6]]}}]
+    scenario = coevolution({"dist": "constant", "value": 0.3}, rule=rule, drift={"trend": 0.004}, metrics=metrics,
+                           n=80, protocol_params={"trust_spread": 0.5})
+
+    def observed(simulation):
+        return {r.metric: r.value for r in simulation.observe()}
+
+    whole = sim.build(scenario, worlds=2)
+    for _ in range(10):
+        whole.step()
+        expected = observed(whole)
+    cut = sim.build(scenario, worlds=2)
+    for _ in range(5):
+        cut.step()
+        observed(cut)
+    save_checkpoint(tmp_path, cut.snapshot(), lambda path, data: path.write_bytes(data))
+    resumed = sim.build(scenario, worlds=2)
+    resumed.restore(load_checkpoint(tmp_path))
+    for _ in range(5):
+        resumed.step()
+        got = observed(resumed)
+    assert torch.equal(resumed.state.values, whole.state.values)
+    for name, value in expected.items():
+        assert torch.allclose(got[name], value, rtol=0, atol=0, equal_nan=True), name
