@@ -21,6 +21,7 @@ examples:
   valuesim runs --json
   valuesim resume runs/quickstart__20261125T120000Z__s42
   valuesim new plugin policy my_policy --dir ~/code
+  valuesim train scenarios/train_influencer.yaml --timesteps 20000 --worlds 16
 
 exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 """
@@ -83,6 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--runs-dir", default="runs", help="the folder of runs (default: runs)")
     rs.add_argument("--json", action="store_true", help="print the list as JSON")
 
+    t = sub.add_parser("train", help="train a scenario's rl agents (one shared policy) and save the policy",
+                       epilog="examples:\n  valuesim train scenarios/train_influencer.yaml --timesteps 20000 --worlds 16\n"
+                              "  valuesim train --resume runs/train_influencer__20261125T120000Z__s7__train\n"
+                              "then: policy: {trained: {path: runs/<run>/policy.zip}} in a scenario",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("scenario", nargs="?", help="scenario YAML file with at least one group of kind rl")
+    t.add_argument("--backend", default="sb3", help="sb3 (stable-baselines3; the rl extra)")
+    t.add_argument("--algo", default="ppo", help="the backend's algorithm (default: ppo)")
+    t.add_argument("--timesteps", type=int, default=50_000, help="agent-steps to train for (default: 50000)")
+    t.add_argument("--worlds", type=int, help="worlds B stepped together (default: the scenario's worlds)")
+    t.add_argument("--device", default="auto", help="where the worlds live: auto, cpu or cuda (default: auto)")
+    t.add_argument("--seed", type=int, help="override the scenario's seed (the worlds' and the learner's)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario field by dotted path (repeatable)")
+    t.add_argument("--param", dest="algo_params", action="append", default=[], metavar="KEY=VALUE",
+                   help="an algorithm parameter, e.g. --param learning_rate=0.001 --param n_steps=32 (repeatable)")
+    t.add_argument("--eval-every", type=int, help="agent-steps between evaluations (default: a tenth of the run)")
+    t.add_argument("--checkpoint-every", type=int, help="agent-steps between checkpoints (default: a tenth)")
+    t.add_argument("--out", help="run directory (default: runs/<scenario>__<UTC time>__s<seed>__train)")
+    t.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="go on with an interrupted training run")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
     s = sub.add_parser("resume", help="finish an interrupted run from its checkpoint")
     s.add_argument("run_dir")
     s.add_argument("--device", default=None, help="device to resume on (default: the run's)")
@@ -118,7 +143,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
-                "new": _new, "runs": _runs, "calibrate": _calibrate}[args.command](args)
+                "new": _new, "runs": _runs, "calibrate": _calibrate, "train": _train}[args.command](args)
     except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -188,6 +213,39 @@ def _run(args) -> int:
             print(f"valuesim: {exc}", file=sys.stderr)
             return 1
     return _report(path, args.json)
+
+
+def _train(args) -> int:
+    import yaml
+
+    from .errors import ValuesimError
+
+    params = {}
+    for item in args.algo_params:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValuesimError(f"--param must be KEY=VALUE, got {item!r}")
+        params[key] = yaml.safe_load(value)
+    from .marl.train import resume, train
+
+    if args.resume:
+        path = resume(args.resume, progress_bar=not args.quiet)
+    elif args.scenario is None:
+        raise ValuesimError("give a scenario to train, or --resume RUN_DIR")
+    else:
+        path = train(args.scenario, backend=args.backend, algo=args.algo, timesteps=args.timesteps,
+                     worlds=args.worlds, device=args.device, seed=args.seed, out=args.out, runs_dir=args.runs_dir,
+                     overrides=args.overrides, algo_params=params, eval_every=args.eval_every,
+                     checkpoint_every=args.checkpoint_every, progress_bar=not args.quiet,
+                     command=["valuesim", *sys.argv[1:]])
+    record = json.loads((path / "train.json").read_text())
+    if args.json:
+        print(json.dumps({"run_dir": str(path), "status": record["status"], "evaluation": record["evaluation"]}))
+    else:
+        ev = record["evaluation"]
+        print(f"mean return per agent: {ev['return']:.4g} (random policy: {ev['random_return']:.4g})", file=sys.stderr)
+        print(f"policy: {path / 'policy.zip'}")
+    return 0
 
 
 def _resume(args) -> int:

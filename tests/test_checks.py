@@ -61,6 +61,8 @@ def test_registered_plugins_keep_their_contract(kind, name, tmp_path):
         ring = tmp_path / "ring.edgelist"
         ring.write_text("".join(f"{i} {(i + 1) % 12}\n" for i in range(12)))
         params = {"path": str(ring)}
+    if (kind, name) == ("policies", "trained"):  # a saved policy for the checker's tiny world (the rl extra)
+        params = {"path": str(pytest.importorskip("sim.marl.testing").checker_policy(tmp_path))}
     CHECKS[kind](plugin, params)
 
 

@@ -153,9 +153,20 @@ def test_a_protocol_naming_a_missing_group_is_a_scenario_error():
         sim.build(_scenario(protocols=[{"broadcast": {"speakers": "ais"}}]))
 
 
-def test_rl_groups_are_refused_until_they_can_be_trained():
-    with pytest.raises(sim.ScenarioError, match=r"population\[0\].kind: must be human, llm or ai, got 'rl'"):
+def test_an_rl_group_acts_by_what_is_written_in_and_shows_its_values_without_it():
+    with pytest.raises(sim.ScenarioError, match=r"population\[0\].kind: an rl group needs an 'rl:' entry"):
         _scenario(population=[{"name": "agents", "kind": "rl", "count": 4}])
+    rl = {"reward": {"metric": "mean_values", "scope": "people"}}
+    scenario = _scenario(population=[{"name": "people", "count": 40}, {"name": "learners", "kind": "rl", "count": 3,
+                                                                        "rl": rl}], dynamics=["deffuant"])
+    assert scenario.spec.population[1].policy.name == "external"
+    simulation = sim.build(scenario, worlds=2)
+    before = simulation.state.values[:, 40:].clone()
+    simulation.step()  # nothing written in: the external policy's default shows the agents' own values
+    assert torch.equal(simulation.state.expressed[:, 40:], before)
+    shown = torch.full((2, 3, 2), 0.25)
+    simulation.step(actions={"learners": {"express": shown}})
+    assert torch.equal(simulation.state.expressed[:, 40:], shown)
 
 
 def test_a_checkpoint_through_the_run_format_resumes_bit_for_bit(tmp_path):

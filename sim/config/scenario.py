@@ -141,10 +141,18 @@ def _load_plugin_files(spec: ScenarioSpec, source: Source, base_dir: Path) -> No
 
 
 def _resolve_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> GroupSpec:
-    if group.kind == "rl":  # refused rather than run as a human group: nothing would train it
-        raise _error(source, ("population", i, "kind"),
-                     "must be human, llm or ai, got 'rl' (groups trained by reinforcement learning are not "
-                     "supported yet)")
+    if (group.kind == "rl") != (group.rl is not None):  # an rl group says what it trains on (sim.marl)
+        raise _error(source, ("population", i, "rl" if group.rl is not None else "kind"),
+                     "is only for groups of kind rl" if group.rl is not None else
+                     "an rl group needs an 'rl:' entry with at least its reward (see scenarios/README.md)")
+    if group.kind == "rl":
+        if group.persona is not None:
+            raise _error(source, ("population", i, "persona"), "an rl group takes its actions from training")
+        reward = group.rl.reward
+        rl = group.rl.model_copy(update={"reward": reward.model_copy(update={"metric": _resolve_ref(
+            "metrics", reward.metric, ("population", i, "rl", "reward", "metric"), source)})})
+        policy = group.policy if "policy" in group.model_fields_set else PluginRef(name="external")
+        group = group.model_copy(update={"rl": rl, "policy": policy})
     if group.persona is None:
         if group.backend is not None:
             raise _error(source, ("population", i, "backend"), "a backend is for groups with a persona")

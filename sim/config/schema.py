@@ -134,6 +134,63 @@ class PluginRef(BaseModel):
 # ---------------------------------------------------------------- the scenario
 
 
+class RLReward(Strict):
+    """An RL group's reward: one reading of a metric, ``sign`` times it, each step (the whole group shares it).
+
+    The reading is reduced to a number per world: its ``scope`` (a group name or ``all``), then its
+    ``dimension`` (one name; None: the mean over its dimensions), or, with ``target``, the distance of
+    the reading's vector from ``target`` (l2 / sqrt(K), in [0, 1]: ``sign: -1`` rewards getting close).
+    """
+
+    metric: PluginRef
+    """A metric plugin, written like one under ``metrics`` (``mean_values``, ``{polarization: {...}}``)."""
+    reading: str | None = None
+    """Which of the metric's readings (its ``writes``); None: the first one it returns."""
+    scope: str = "all"
+    dimension: str | None = None
+    target: UnitFloat | list[UnitFloat] | dict[str, UnitFloat] | None = None
+    sign: Literal[1, -1] = 1
+    change: bool = False
+    """Reward the step's change of the quantity (after the step minus before) instead of its value: an
+    episode's return is then its total change, and each step's reward is what that step's actions did."""
+
+
+class RLObserveGroup(Strict):
+    """Observe the mean values of a group's present agents (an audience), [K]."""
+
+    group: str
+
+
+class RLObserveProtocol(Strict):
+    """Observe a protocol outcome (``state.protocols[protocol][outcome]``), one number per world (per-agent
+    outcomes as their mean), times ``scale``."""
+
+    protocol: str
+    outcome: str
+    scale: float = 1.0
+
+
+RLFeature = Union[Literal["own", "neighbours", "step"], RLObserveGroup, RLObserveProtocol]
+
+
+class RLSpec(Strict):
+    """What an ``rl`` group trains on: its observation, its action, its reward and the episode length.
+
+    Observation features, concatenated in order into one float32 Box per agent: ``own`` (its values, [K]),
+    ``neighbours`` (the mean values of its present network neighbours, [K]; its own values without any),
+    ``step`` (the world's step / episode length, [1]), ``{group: NAME}`` and ``{protocol: .., outcome: ..}``.
+    ``action`` is ``express`` (the vector its agents show, Box [0, 1]^K) or an action a protocol declares
+    for the group (broadcast's ``share``), in the space the protocol declares.
+    """
+
+    observe: Annotated[list[RLFeature], Field(min_length=1)] = Field(
+        default_factory=lambda: ["own", "neighbours", "step"])
+    action: str = "express"
+    reward: RLReward
+    episode: Annotated[int, Interval(ge=1)] | None = None
+    """Steps per episode (every world is truncated then and restarted on a fresh stream); None: ``steps``."""
+
+
 class GroupSpec(Strict):
     """A population group: ``count`` agents of one ``kind`` with their initial values and parameters."""
 
@@ -154,6 +211,8 @@ class GroupSpec(Strict):
     backend: PluginRef | None = None
     """For a persona group: the LLM backend to use instead of the persona's (``scripted``, ``transformers``,
     ``openai``)."""
+    rl: RLSpec | None = None
+    """For an ``rl`` group: its observation, action, reward and episode length (``sim.marl``)."""
 
 
 class NetworkSpec(Strict):

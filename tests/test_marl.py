@@ -1,0 +1,235 @@
+"""sim.marl: rl groups, the PettingZoo env (API and seed tests), the batched env, SB3 training, trained policies."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import sim
+from sim.config.scenario import scenario_from_yaml
+from sim.errors import ValuesimError
+
+pytest.importorskip("pettingzoo", reason="the rl extra: pip install 'valuesim[rl]'")
+from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test  # noqa: E402
+
+from sim.marl import VectorEnv, aec_env, parallel_env  # noqa: E402
+
+SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _tiny(**rl_changes):
+    rl = {"observe": ["own", "neighbours", "step", {"group": "people"},
+                      {"protocol": "broadcast", "outcome": "accepted", "scale": 0.05}],
+          "reward": {"metric": "mean_values", "scope": "people", "target": [0.9, 0.1], "sign": -1, "change": True},
+          "episode": 8, **rl_changes}
+    return sim.scenario_from_dict({
+        "name": "tiny_rl", "seed": 3, "steps": 8, "values": ["a", "b"],
+        "network": {"generator": "erdos_renyi", "params": {"mean_degree": 4}},
+        "population": [
+            {"name": "people", "count": 24, "confidence": {"dist": "uniform", "low": 0.2, "high": 0.4}, "rate": 0.3},
+            {"name": "pushers", "kind": "rl", "count": 2, "zealots": 1.0, "rl": rl}],
+        "dynamics": ["deffuant"],
+        "protocols": [{"broadcast": {"speakers": "pushers", "audience": "people", "share": 0.5}}],
+        "metrics": ["mean_values"]})
+
+
+def _rl_scenarios():
+    return [p for p in sorted(SCENARIOS.glob("*.yaml")) if "kind: rl" in p.read_text()]
+
+
+# ---------------------------------------------------------------- the rl group in a scenario
+
+
+def test_an_rl_group_declares_what_it_trains_on_and_acts_from_outside():
+    scenario = _tiny()
+    group = scenario.spec.population[1]
+    assert group.policy.name == "external" and group.rl.reward.metric.name == "mean_values"
+    env = VectorEnv(scenario, worlds=2)
+    assert env.observation_space.shape == (2 + 2 + 1 + 2 + 1,) and env.action_space.shape == (2,)
+    assert env.num_envs == 4 and env.agent_names() == ["pushers_0", "pushers_1"]
+    env.reset()
+    shown = torch.tensor([0.9, 0.1]).expand(4, 2)
+    env.step(shown)
+    assert torch.equal(env.simulation.state.expressed[:, 24:], shown.reshape(2, 2, 2))
+    plain = sim.build(scenario)  # no action written in: the external policy shows its agents' own values
+    plain.step()
+    assert torch.equal(plain.state.expressed[:, 24:], plain.state.values[:, 24:])
+
+
+def test_a_protocol_action_can_be_the_rl_action():
+    env = VectorEnv(_tiny(action="share"), worlds=2)
+    assert env.action_space.shape == () and float(env.action_space.high) == 1.0
+    env.reset()
+    env.step(torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert env.simulation.state.protocols["broadcast"]["reached"].tolist() == [0, 24]
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"action": "shout"}, r"population\[1\].rl.action: must be one of express, share .*got 'shout'"),
+    ({"observe": [{"group": "nobody"}]}, r"population\[1\].rl.observe\[0\]: no group 'nobody' \(groups: people, "
+                                         r"pushers\)"),
+    ({"reward": {"metric": "mean_values", "scope": "crowd"}}, r"rl.reward.scope: must be one of .*got 'crowd'"),
+    ({"reward": {"metric": "mean_valuez"}}, r"population\[1\].rl.reward.metric: .*mean_valuez"),
+])
+def test_a_wrong_rl_entry_names_its_place(changes, message):
+    with pytest.raises(sim.ScenarioError, match=message):
+        env = VectorEnv(_tiny(**changes))
+        env.reset()
+        env.step(torch.zeros((env.num_envs, *env.action_space.shape)))
+
+
+def test_rl_and_kind_go_together():
+    data = {"name": "x", "population": [{"name": "a", "kind": "rl", "count": 2}]}
+    with pytest.raises(sim.ScenarioError, match=r"population\[0\].kind: an rl group needs an 'rl:' entry"):
+        sim.scenario_from_dict(data)
+    data["population"][0].update(kind="human", rl={"reward": {"metric": "mean_values"}})
+    with pytest.raises(sim.ScenarioError, match=r"population\[0\].rl: is only for groups of kind rl"):
+        sim.scenario_from_dict(data)
+
+
+def test_a_missing_rl_library_names_the_extra(monkeypatch):
+    from sim.marl._deps import require
+
+    monkeypatch.setitem(sys.modules, "stable_baselines3", None)
+    with pytest.raises(ValuesimError, match=r"stable_baselines3 is not installed .*pip install 'valuesim\[rl\]'"):
+        require("stable_baselines3")
+
+
+# ---------------------------------------------------------------- PettingZoo
+
+
+@pytest.mark.parametrize("make", [_tiny, *[lambda p=p: sim.load_scenario(p) for p in _rl_scenarios()]],
+                         ids=["tiny", *[p.stem for p in _rl_scenarios()]])
+def test_pettingzoo_api_and_seed_tests(make):
+    scenario = make()
+    parallel_api_test(parallel_env(scenario), num_cycles=40)
+    api_test(aec_env(scenario), num_cycles=40)
+    parallel_seed_test(lambda: parallel_env(scenario), num_cycles=40)
+    seed_test(lambda: aec_env(scenario), num_cycles=40)
+
+
+def test_a_seed_changes_the_episode_and_a_reset_starts_a_fresh_one():
+    env = parallel_env(_tiny())
+    first, _ = env.reset(seed=1)
+    again, _ = env.reset(seed=1)
+    other, _ = env.reset(seed=2)
+    assert np.array_equal(first["pushers_0"], again["pushers_0"])
+    assert not np.array_equal(first["pushers_0"], other["pushers_0"])
+    for _ in range(8):
+        _, _, _, truncated, _ = env.step({a: env.action_space(a).sample() for a in env.agents})
+    assert all(truncated.values()) and env.agents == []
+    fresh, _ = env.reset()
+    assert env.simulation.rng.stream.tolist() == [1] and not np.array_equal(fresh["pushers_0"], other["pushers_0"])
+
+
+# ---------------------------------------------------------------- the batched environment
+
+
+def test_the_batched_env_equals_one_pettingzoo_env_per_stream():
+    scenario = _tiny()
+    batch = VectorEnv(scenario, worlds=3)
+    singles = [parallel_env(scenario, stream=b) for b in range(3)]
+    obs = batch.reset()
+    single_obs = [env.reset()[0] for env in singles]
+    generator = torch.Generator().manual_seed(0)
+    for step in range(8):
+        for b, env in enumerate(singles):
+            assert np.array_equal(obs[2 * b].numpy(), single_obs[b]["pushers_0"])
+            assert np.array_equal(obs[2 * b + 1].numpy(), single_obs[b]["pushers_1"])
+        actions = torch.rand((6, 2), generator=generator)
+        out = batch.step(actions)
+        for b, env in enumerate(singles):
+            single_obs[b], rewards, _, truncated, _ = env.step(
+                {"pushers_0": actions[2 * b].numpy(), "pushers_1": actions[2 * b + 1].numpy()})
+            assert out.reward[2 * b].item() == rewards["pushers_0"] and out.reward[2 * b + 1].item() == rewards[
+                "pushers_1"]
+            assert bool(out.truncated[2 * b]) == truncated["pushers_0"] == (step == 7)
+        obs = out.final_observation if out.final_observation is not None else out.observation
+    for b in range(3):
+        assert np.array_equal(obs[2 * b].numpy(), single_obs[b]["pushers_0"])
+
+
+def test_ended_worlds_restart_on_fresh_streams_in_the_same_call():
+    scenario = _tiny()
+    env = VectorEnv(scenario, worlds=2)
+    env.reset()
+    for _ in range(7):
+        out = env.step(torch.full((4, 2), 0.5))
+        assert out.final_observation is None and not bool(out.truncated.any())
+    out = env.step(torch.full((4, 2), 0.5))
+    assert bool(out.truncated.all()) and out.final_observation is not None
+    assert env.simulation.state.world_step.tolist() == [0, 0] and env.simulation.rng.stream.tolist() == [2, 3]
+    fresh = VectorEnv(scenario, streams=[2, 3])
+    assert torch.equal(out.observation, fresh.reset())
+    assert not torch.equal(out.final_observation, out.observation)
+    # the restarted worlds' change rewards are measured from their own fresh start
+    assert torch.equal(env.step(torch.full((4, 2), 0.5)).reward, fresh.step(torch.full((4, 2), 0.5)).reward)
+
+
+# ---------------------------------------------------------------- stable-baselines3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    pytest.importorskip("stable_baselines3")
+    from sim.marl.train import train
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    train(SCENARIOS / "train_influencer.yaml", timesteps=4096, worlds=16, device="cpu", seed=1, out=out,
+          algo_params={"n_steps": 32, "batch_size": 128, "learning_rate": 1e-3})
+    return out
+
+
+def test_sb3_ppo_beats_the_random_policy(trained):
+    record = json.loads((trained / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] >= 4096
+    ev = record["evaluation"]
+    # the return is how much closer to the target the people got in an episode (in [0, 1] units of distance)
+    assert ev["return"] > ev["random_return"] + 0.15, ev
+    evaluations = [json.loads(line) for line in (trained / "evaluations.jsonl").read_text().splitlines()]
+    assert len(evaluations) >= 5 and evaluations[-1]["return"] > evaluations[0]["return"]
+    assert sorted((trained / "checkpoints").glob("policy_*_steps.zip"))
+    assert (trained / "policy.zip").is_file() and json.loads((trained / "policy.json").read_text())["action"] == \
+        "express"
+
+
+def test_a_trained_policy_round_trips_through_a_scenario(trained, tmp_path):
+    from sim.marl.policy import load_policy
+
+    text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
+        "    rl:\n", f"    policy: {{trained: {{path: {trained / 'policy.zip'}}}}}\n    rl:\n")
+    scenario = scenario_from_yaml(text)
+    simulation = sim.build(scenario, worlds=3)
+    policy, group = load_policy(trained), simulation.world.group("influencer")
+    for _ in range(5):
+        expected = policy.act(simulation.state, simulation.world, group)
+        simulation.step()
+        assert torch.equal(simulation.state.expressed[:, group.rows], expected)
+    # the same actions the training environment's actor takes on the same observations
+    env = VectorEnv(scenario, worlds=3)
+    obs = env.reset()
+    action, _ = policy.model.predict(obs.numpy(), deterministic=True)
+    from sim.marl.spaces import from_symmetric
+    assert torch.equal(from_symmetric(torch.as_tensor(action), env.action_space),
+                       load_policy(trained).act(env.simulation.state, env.simulation.world, group).reshape(3, 2))
+    run = sim.run(scenario, runs_dir=tmp_path)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_the_trained_policy_keeps_the_policy_contract_and_refuses_another_world(trained, tmp_path):
+    from sim import registry
+    from sim.checks import check_policy
+    from sim.marl.testing import checker_policy
+
+    check_policy(registry.get("policies", "trained"), {"path": str(checker_policy(tmp_path))})
+    text = (SCENARIOS / "train_influencer.yaml").read_text().replace("values: wvs2", "values: [x, y]").replace(
+        "{traditional_secular: 0.9, survival_self_expression: 0.9}", "[0.9, 0.9]").replace(
+        "    rl:\n", f"    policy: {{trained: {{path: {trained}}}}}\n    rl:\n")
+    with pytest.raises(sim.ScenarioError, match=r"population\[1\].policy: trained: the policy was trained on value "
+                                                r"dimensions \['traditional_secular'"):
+        sim.build(scenario_from_yaml(text))
