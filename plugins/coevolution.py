@@ -4,7 +4,7 @@
   listeners weigh what these speakers say by a per-listener ``trust``: a
   reached listener within its bound moves ``trust_i * mu_i`` of the way to the
   message instead of ``mu_i``. One such protocol per source (AI, experts, ...)
-  gives trust by source; ``trust: 1`` is ``broadcast`` exactly. It also records
+  gives trust by source; ``trust: 1`` (no spread) is ``broadcast`` exactly. It records
   who was reached (``reached_agents`` [B, N]), which ``learn_from: reached``
   alignment rules read.
 - Metrics (``valuesim.metrics``): ``diversity`` (per-dimension variance, mean
@@ -410,7 +410,8 @@ class ProgressScores:
             against = cosine(h[:, None], later[None])
             best = torch.where(reachable, against, -torch.inf).amax(1)
             scores.append(torch.maximum(best, cosine(h, now)))
-        observed = torch.stack(scores, 1) if scores else torch.zeros((world.b, 0), dtype=torch.float64)
+        observed = torch.stack(scores, 1) if scores else torch.zeros((world.b, 0), dtype=torch.float64,
+                                                                      device=world.device)
         carry = carry or {"sum": torch.zeros_like(observed), "count": torch.zeros_like(observed)}
         counted = torch.isfinite(observed)
         total = carry["sum"] + torch.where(counted, observed, 0.0)
