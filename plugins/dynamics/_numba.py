@@ -21,6 +21,7 @@ worlds than threads, a helper thread draws while the caller applies
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -379,17 +380,18 @@ def _copy(source, target):
         flat_target[i] = flat_source[i]
 
 
-_DRAWER: ThreadPoolExecutor | None = None
+_DRAWER: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, the executor)
 _DRAWER_LOCK = threading.Lock()
 RING = 4  # chunk buffers between the two threads: the drawer may run this many chunks ahead
 
 
 def _drawer() -> ThreadPoolExecutor:
+    """The helper thread's executor; a forked child makes its own (its parent's thread did not come along)."""
     global _DRAWER
     with _DRAWER_LOCK:
-        if _DRAWER is None:
-            _DRAWER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="valuesim-pairs")
-        return _DRAWER
+        if _DRAWER is None or _DRAWER[0] != os.getpid():
+            _DRAWER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="valuesim-pairs"))
+        return _DRAWER[1]
 
 
 def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_partner, used, masked, active, eps,
