@@ -233,3 +233,21 @@ def test_the_trained_policy_keeps_the_policy_contract_and_refuses_another_world(
     with pytest.raises(sim.ScenarioError, match=r"population\[1\].policy: trained: the policy was trained on value "
                                                 r"dimensions \['traditional_secular'"):
         sim.build(scenario_from_yaml(text))
+
+
+def test_an_interrupted_training_run_resumes_from_its_latest_checkpoint(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from sim.marl.train import resume, train
+
+    out = tmp_path / "run"
+    train(SCENARIOS / "train_influencer.yaml", timesteps=512, worlds=4, device="cpu", seed=2, out=out,
+          algo_params={"n_steps": 32}, checkpoint_every=128)
+    record = json.loads((out / "train.json").read_text())
+    record["status"], record["settings"]["timesteps"] = "interrupted", 1024  # as if stopped half-way
+    (out / "train.json").write_text(json.dumps(record))
+    resume(out)
+    record = json.loads((out / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] == 1024 and "resumed" in record
+    assert (out / "checkpoints" / "policy_1024_steps.zip").is_file()
+    with pytest.raises(ValuesimError, match="is complete: nothing to resume"):
+        resume(out)
