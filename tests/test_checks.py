@@ -30,7 +30,13 @@ PARAMS = {
                                      "message_prompt": "They value {audience_text}.",
                                      "questionnaire": {"at_start": False}}}},
     "protocols": {"broadcast": {"speakers": "second", "share": 0.8},
-                  "trusted_broadcast": {"speakers": "second", "share": 0.8, "trust": 1.5, "trust_spread": 0.5}},
+                  "trusted_broadcast": {"speakers": "second", "share": 0.8, "trust": 1.5, "trust_spread": 0.5},
+                  # a one-turn trial in the checker's value space, its domain inline (decisions: tests/test_decisions.py)
+                  "advice": {"clients": "first", "arms": [{"group": "second", "advisor": "strategic"}], "turns": 1,
+                             "domains": [{"name": "tiny", "options": [
+                                 {"name": "good", "profile": {"check": {"d0": 0.8}}},
+                                 {"name": "bad", "harmful": True, "profile": {"check": {"d0": 0.1, "d2": 0.9}}}]}]},
+                  "delegation": {"principals": "first", "agents": "second", "asymmetry": 0.5}},
     "metrics": {"protocol_outcome": {"protocol": "checked", "outcome": "count"},
                 "alignment_gap": {"ai": ["second"], "humans": ["first"]},
                 "lock_in": {"humans": ["first"]},
@@ -61,6 +67,11 @@ def test_registered_plugins_keep_their_contract(kind, name, tmp_path):
         ring = tmp_path / "ring.edgelist"
         ring.write_text("".join(f"{i} {(i + 1) % 12}\n" for i in range(12)))
         params = {"path": str(ring)}
+    if (kind, name) in (("metrics", "advice_trial"), ("metrics", "delegation_trial")):  # they read a trial's carry
+        from tests.test_decisions import on_a_trial
+
+        protocol = name.removesuffix("_trial")
+        plugin = on_a_trial(plugin, protocol, PARAMS["protocols"][protocol])
     if (kind, name) == ("policies", "trained"):  # a saved policy for the checker's tiny world (the rl extra)
         params = {"path": str(pytest.importorskip("sim.marl.testing").checker_policy(tmp_path))}
     CHECKS[kind](plugin, params)

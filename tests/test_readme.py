@@ -12,18 +12,17 @@ import torch
 import sim
 from sim import registry
 from tests.conftest import REPO, small_scenario
+from tests.test_checks import PARAMS as CHECK_PARAMS
 
 README = (REPO / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 RUN_LOG_SECTION = README[README.index("## The run log"):README.index("\n## ", README.index("## The run log") + 1)]
 RUN_LOG_BLOCKS = re.findall(r"```python\n(.*?)```", RUN_LOG_SECTION, flags=re.S)
-MINIMAL_PARAMS = {"file": {"path": "x"}, "erdos_renyi": {"p": 0.1}, "watts_strogatz": {"k": 4, "p": 0.1},
-                  "barabasi_albert": {"m": 2}, "powerlaw_cluster": {"m": 2, "p": 0.1},
-                  "stochastic_block": {"p_in": 0.1, "p_out": 0.01}, "strategic_influencer": {"goal": 0.9},
-                  "llm": {"persona": {"name": "p", "values": {}, "system_prompt": "", "message_prompt": ""}},
-                  "broadcast": {"speakers": "ai"}, "protocol_outcome": {"protocol": "broadcast", "outcome": "reached"}}
+# Parameters for plugins whose Params have required fields: the contract checks' table, plus a file path.
+MINIMAL_PARAMS = {**{(kind, name): params for kind, table in CHECK_PARAMS.items() for name, params in table.items()},
+                  ("networks", "file"): {"path": "x"}, ("policies", "trained"): {"path": "x"}}
 CONTRACT_METHOD = {"dynamics": "apply", "networks": "build", "metrics": "observe", "policies": "express",
-                   "protocols": "step"}
+                   "protocols": "step", "alignment": "update"}
 
 
 def test_readme_opens_with_the_two_commands():
@@ -96,7 +95,7 @@ def test_every_registered_plugin_loads_with_its_contract(kind):
     for name in names:
         plugin = registry.get(kind, name)
         assert hasattr(plugin, "Params") and callable(getattr(plugin, CONTRACT_METHOD[kind], None)), name
-        plugin(plugin.Params.model_validate(MINIMAL_PARAMS.get(name, {})))
+        plugin(plugin.Params.model_validate(MINIMAL_PARAMS.get((kind, name), {})))
 
 
 def test_readme_worlds_example_runs():

@@ -35,7 +35,8 @@ def _wilson(k: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     p = k / nn
     centre = (p + z * z / (2 * nn)) / (1 + z * z / nn)
     half = z * torch.sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn)) / (1 + z * z / nn)
-    out = torch.stack([p, (centre - half).clamp_min(0), (centre + half).clamp_max(1)], -1)
+    # the share always lies inside (rounding would put it a hair outside at 0 and 1)
+    out = torch.stack([p, torch.minimum((centre - half).clamp_min(0), p), torch.maximum((centre + half).clamp_max(1), p)], -1)
     return torch.where((n > 0)[..., None], out, torch.full_like(out, float("nan")))
 
 

@@ -20,7 +20,7 @@ def proportion(successes: float, n: float) -> tuple[float, float, float]:
     p = successes / n
     centre = (p + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + Z95**2 / (4 * n * n)) / (1 + Z95**2 / n)
-    return p, max(0.0, centre - half), min(1.0, centre + half)
+    return p, min(p, max(0.0, centre - half)), max(p, min(1.0, centre + half))
 
 
 def difference(k1: float, n1: float, k2: float, n2: float) -> tuple[float, float, float]:
