@@ -388,6 +388,10 @@ class ProgressScores:
         self.params = params
         self._cache: dict[tuple, object] = {}
 
+    def prepare(self, world: World) -> None:
+        """Read the reference trajectory when the world is built."""
+        self._reference(world)
+
     def _reference(self, world: World):
         key = (world.space.dimensions, world.context.get("base_dir"))
         if key not in self._cache:

@@ -83,14 +83,15 @@ class Broadcast:
         speaking = state.active[:, speakers]
         n_speak = speaking.sum(1)
         # fixed-shape draws: which present speaker (by rank) each listener would hear, and whether it is reached
-        rank = (rng.uniform("broadcast/speaker", (b, n_listen), torch.float64) * n_speak[:, None]).long()
+        purpose = f"broadcast/{p.speakers}/{p.audience or '*'}"  # two broadcasts draw apart
+        rank = (rng.uniform(f"{purpose}/speaker", (b, n_listen), torch.float64) * n_speak[:, None]).long()
         order = torch.cumsum(speaking.long(), dim=1)  # rank r is the speaker where the running count reaches r + 1
         pick = torch.searchsorted(order, (rank + 1).clamp_max(n_speak[:, None].clamp_min(1)))
         pick = pick.clamp_max(speaking.shape[1] - 1)
         share = ask(p.speakers, "share")
         chance = torch.full((b, n_listen), p.share, dtype=torch.float64, device=values.device) if share is None \
             else share.double().clamp(0, 1).gather(1, pick)
-        reached = rng.uniform("broadcast/reach", (b, n_listen), torch.float64) < chance
+        reached = rng.uniform(f"{purpose}/reach", (b, n_listen), torch.float64) < chance
         reached &= due[:, None] & (n_speak > 0)[:, None] & state.active[:, listeners]
         message = ask(p.speakers, "express").gather(1, pick[..., None].expand(-1, -1, world.k))
         x = values[:, listeners]

@@ -189,6 +189,11 @@ class Drift:
         self.params = params
         self._cache: dict[tuple, object] = {}  # what the parameters name, read once per value space and folder
 
+    def prepare(self, world: World) -> None:
+        """Read the trajectory and check the groups when the world is built (errors name the file and line)."""
+        self._source(world)
+        self._mask(world)
+
     def _source(self, world: World):
         key = (world.space.dimensions, world.context.get("base_dir"))
         if key not in self._cache:

@@ -20,6 +20,7 @@ from ..core.network import build_network, edges_to_network
 from ..core.rng import Streams, network_seed
 from ..core.state import AGENT_PARAMETERS, State, World
 from ..errors import ScenarioError, ValuesimError
+from .budget import check_budget
 from .population import agent_params, initial_values, layout
 from .scenario import Scenario, instantiate
 from .schema import INDEPENDENT_NETWORKS, PluginRef
@@ -57,6 +58,7 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     if spec.counterfactual:  # a twin of every world on the same stream, without the named groups
         rng = Streams(run_seed, torch.cat([rng.stream, rng.stream]))
     b = rng.b
+    check_budget(scenario, b)  # sizes that cannot fit are refused before anything is allocated
     if spec.network.independent and b > 1:  # refused, never faked: the engine holds one network for all worlds
         raise ScenarioError(INDEPENDENT_NETWORKS.format(worlds=b))
     groups = layout(scenario)
@@ -98,6 +100,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                                        for key, ref in zip(protocol_keys(spec.alignment), spec.alignment)],
                             redraw=lambda fresh: (initial_values(scenario, fresh).to(device),
                                                   agent_params(scenario, fresh).to(device)))
+    _prepare_plugins(scenario, world, "dynamics", dynamics)
+    _prepare_plugins(scenario, world, "metrics", simulation.metrics)
     _start_protocols(scenario, simulation)
     if measure:
         simulation.measure_at_build()
@@ -113,6 +117,23 @@ def protocol_keys(refs: list[PluginRef]) -> list[str]:
         seen[ref.name] = seen.get(ref.name, 0) + 1
         keys.append(ref.name if seen[ref.name] == 1 else f"{ref.name}_{seen[ref.name]}")
     return keys
+
+
+def _prepare_plugins(scenario: Scenario, world: World, field: str, plugins) -> None:
+    """Dynamics and metrics may refuse a world (optional ``prepare(world)``: a file they read, a group they
+    name) when it is built, as a scenario error at their entry, rather than at the first step."""
+    for i, (name, plugin) in enumerate(plugins):
+        prepare = getattr(plugin, "prepare", None)
+        if prepare is None:
+            continue
+        try:
+            prepare(world)
+        except ScenarioError as exc:
+            if exc.location is not None:
+                raise
+            raise scenario.error(f"{field}[{i}]", f"{name}: {exc}") from None
+        except (ValueError, ValuesimError) as exc:
+            raise scenario.error(f"{field}[{i}]", f"{name}: {exc}") from None
 
 
 def _start_protocols(scenario: Scenario, simulation: Simulation) -> None:

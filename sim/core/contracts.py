@@ -80,6 +80,11 @@ class Dynamics(_Contract):
     [0, 1], and stops the run naming the plugin and the step if not; a dynamics
     whose tests prove it never leaves the range may say
     ``keeps_unit_range = True`` to skip that one reduction pass.
+
+    Optional: ``prepare(world)`` runs when the world is built and raises
+    ``ValueError`` if the dynamics cannot serve it (a file it reads, a group it
+    names); the message is shown as a scenario error at its entry. Metrics may
+    have the same hook.
     """
 
     Params: ClassVar[type[BaseModel]]

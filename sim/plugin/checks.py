@@ -46,7 +46,8 @@ REQUIRED_METHODS = {"protocols": {"start": ("world", "rng"), "action_spaces": ("
                     "alignment": {"start": ("world", "rng")}}
 OPTIONAL_METHODS = {
     "policies": {"prepare": ("world", "group"), "act": ("state", "world", "group", "rng", "action", "space")},
-    "metrics": {"reset": ("carry", "worlds")},
+    "metrics": {"reset": ("carry", "worlds"), "prepare": ("world",)},
+    "dynamics": {"prepare": ("world",)},
 }
 PER_AGENT_PARAMETERS = tuple(AGENT_PARAMETERS)
 
