@@ -10,7 +10,6 @@ candidates that differ in a per-batch key are batches of their own (see
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -246,7 +245,3 @@ def _unknown(what: str, given: str, known, context: str) -> str:
     close = difflib.get_close_matches(str(given), known, n=1, cutoff=0.5)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return f"unknown {what} {given!r}{hint} ({context}: {', '.join(known)})"
-
-
-def finite_or(value: float, default: float) -> float:
-    return value if math.isfinite(value) else default
