@@ -63,7 +63,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Scenario", "load_scenario", "scenario_from_dict", "build", "run", "resume", "open_run",
-    "calibrate", "ValuesimError", "ScenarioError", "PluginError", "RunDirError", "RunFailed", "__version__",
+    "calibrate", "shapley", "ValuesimError", "ScenarioError", "PluginError", "RunDirError", "RunFailed", "__version__",
 ]
 
 
@@ -83,6 +83,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".calibrate", __name__)
+    if name == "shapley":  # the package, callable: sim.shapley(...) as `valuesim shapley`; sim.shapley.estimate(...)
+        import importlib
+
+        return importlib.import_module(".shapley", __name__)
     if name == "open_run":
         from .runs.reading import open_run
         return open_run
