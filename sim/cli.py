@@ -21,6 +21,7 @@ examples:
   valuesim runs --json
   valuesim resume runs/quickstart__20261125T120000Z__s42
   valuesim new plugin policy my_policy --dir ~/code
+  valuesim shapley scenarios/shapley_influencers.yaml --players broadcasters,nudgers,contrarians,idle --metric drift_dimension:people:traditional_secular
   valuesim train scenarios/train_influencer.yaml --timesteps 20000 --worlds 16
 
 exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
@@ -108,6 +109,39 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
+    sh_ = sub.add_parser("shapley", help="Shapley values: which groups or agents caused an outcome",
+                         epilog="examples:\n  valuesim shapley scenarios/shapley_influencers.yaml "
+                                "--players broadcasters,nudgers,contrarians,idle \\\n"
+                                "      --metric drift_dimension:people:traditional_secular\n"
+                                "  valuesim shapley runs/<run> --players groups --metric variance:all --null noop\n"
+                                "  valuesim shapley S.yaml --players hubs=degree:top:5,keen=value:security>0.7 "
+                                "--metric mean_values:all:security --windows 4",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    sh_.add_argument("source", help="scenario YAML file or run directory")
+    sh_.add_argument("--players", default="groups",
+                     help="groups, agents, or NAME=SELECTOR,... (group:G, index:A:B, value:DIM>X, degree:top:K; @G "
+                          "keeps group G's agents; a bare group name is that group) (default: groups)")
+    sh_.add_argument("--metric", required=True, help="METRIC[:GROUP[:DIMENSION]], e.g. mean_values:people:security")
+    sh_.add_argument("--at", default="final", help="final, mean (over the run log's steps) or a step (default: final)")
+    sh_.add_argument("--windows", type=int, help="Shapley values of the change within each of W windows")
+    sh_.add_argument("--null", default="absent", help="absent, noop, baseline or baseline:POLICY (default: absent)")
+    sh_.add_argument("--method", default="auto",
+                     help="auto, exact, permutation, tmc, kernel, banzhaf or loo (default auto: exact up to 14 players)")
+    sh_.add_argument("--se", type=float, help="stop once every standard error is at most this")
+    sh_.add_argument("--budget", type=int, help="most evaluations (worlds: coalitions x replicates)")
+    sh_.add_argument("--replicates", type=int, default=8, help="replicates R per coalition, streams 0..R-1 (default 8)")
+    sh_.add_argument("--batch", type=int, help="most worlds per batch (default: by the size of a world)")
+    sh_.add_argument("--executor", default="local", choices=("local", "ray"),
+                     help="local, or ray (the ray extra; RAY_ADDRESS for a cluster)")
+    sh_.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    sh_.add_argument("--seed", type=int, help="override the scenario's seed")
+    sh_.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario field by dotted path (repeatable)")
+    sh_.add_argument("--out", help="run directory (default: runs/<scenario>__<UTC time>__s<seed>__shapley)")
+    sh_.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    sh_.add_argument("--quiet", action="store_true", help="no progress")
+    sh_.add_argument("--json", action="store_true", help="print the table and diagnostics as JSON")
+
     s = sub.add_parser("resume", help="finish an interrupted run from its checkpoint")
     s.add_argument("run_dir")
     s.add_argument("--device", default=None, help="device to resume on (default: the run's)")
@@ -143,7 +177,7 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
-                "new": _new, "runs": _runs, "calibrate": _calibrate, "train": _train}[args.command](args)
+                "new": _new, "runs": _runs, "calibrate": _calibrate, "train": _train, "shapley": _shapley}[args.command](args)
     except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -246,6 +280,54 @@ def _train(args) -> int:
         print(f"mean return per agent: {ev['return']:.4g} (random policy: {ev['random_return']:.4g})", file=sys.stderr)
         print(f"policy: {path / 'policy.zip'}")
     return 0
+
+
+def _shapley(args) -> int:
+    from .shapley.analysis import format_table, shapley
+
+    with _shapley_progress(args.quiet) as progress:
+        table = shapley(args.source, metric=args.metric, players=args.players, at=args.at, windows=args.windows,
+                        null=args.null, method=args.method, se=args.se, budget=args.budget,
+                        replicates=args.replicates, batch=args.batch, executor=args.executor, device=args.device,
+                        seed=args.seed, out=args.out, runs_dir=args.runs_dir, overrides=args.overrides,
+                        progress=progress, command=["valuesim", *sys.argv[1:]])
+    if args.json:
+        print(json.dumps({"run_dir": table.attrs.get("run_dir"), "rows": table.to_dict(orient="records"),
+                          "diagnostics": {k: v for k, v in table.attrs.items() if k != "run_dir"}}, default=str))
+    else:
+        print(format_table(table))
+        print(f"run log: {table.attrs.get('run_dir')}")
+    return 0
+
+
+class _shapley_progress:
+    """Evaluations done and the largest standard error so far, on stderr (nothing when quiet)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bar = None
+
+    def __enter__(self):
+        if self.quiet:
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn
+
+        def update(worlds: int, budget: int | None, max_se: float | None) -> None:
+            if self.bar is None:
+                self.bar = Progress(TextColumn("worlds {task.completed}"), BarColumn(),
+                                    TextColumn("{task.fields[se]}"), console=Console(stderr=True))
+                self.bar.start()
+                self.task = self.bar.add_task("shapley", total=budget, se="")
+            self.bar.update(self.task, completed=worlds, total=budget,
+                            se="" if max_se is None else f"largest se {max_se:.3g}")
+
+        return update
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
 
 
 def _resume(args) -> int:
