@@ -28,8 +28,44 @@ exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag value told in one line (``--seed must be ...``) instead of the usage block."""
+
+    def error(self, message: str):
+        if message.startswith("argument "):
+            flag, _, why = message.removeprefix("argument ").partition(": ")
+            flag = flag.split("/")[-1]  # '-s/--seed' -> '--seed'
+            self.exit(2, f"valuesim: error: {flag} {why}\n" if why.startswith("must ") else
+                      f"valuesim: error: {flag}: {why}\n")
+        super().error(message)
+
+
+def _integer(flag: str, minimum: int, maximum: int | None = None, top: str = ""):
+    """An argparse type: an integer of at most 20 digits in [minimum, maximum], or one line naming the flag."""
+
+    def parse(text: str) -> int:
+        digits = text.strip().lstrip("+-")
+        if not digits.isdigit() or len(digits) > 20:
+            what = f"a number of {len(digits):,} digits" if digits.isdigit() else repr(text)
+            accepted = f"an integer >= {minimum}" + (f" and at most {top}" if top else "")
+            raise argparse.ArgumentTypeError(f"must be {accepted}, got {what}")
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {top}, got {value}")
+        return value
+
+    parse.__name__ = flag  # what argparse names in its own messages
+    return parse
+
+
+SEED = _integer("seed", 0, 2**64 - 1, "2**64 - 1")
+WORLDS = _integer("worlds", 1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="valuesim", description="Simulate how human and AI values change together.",
+    p = _Parser(prog="valuesim", description="Simulate how human and AI values change together.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -37,12 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a scenario and write a run log", epilog=EXAMPLES,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("scenario", help="scenario YAML file")
-    r.add_argument("--seed", type=int, help="override the scenario's seed")
+    r.add_argument("--seed", type=SEED, help="override the scenario's seed")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a scenario field by dotted path (repeatable), e.g. --set steps=50")
     r.add_argument("--plugins", dest="plugin_dirs", action="append", default=[], metavar="DIR",
                    help="load every .py file in DIR as a drop-in plugin file (repeatable)")
-    r.add_argument("--worlds", type=int, help="number of parallel worlds B (replicates)")
+    r.add_argument("--worlds", type=WORLDS, help="number of parallel worlds B (replicates)")
     r.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     r.add_argument("--out", help="run directory to write (default: runs/<scenario>__<UTC time>__s<seed>)")
     r.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
@@ -164,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad flag argparse has already told about: the code, not an exit
+        return exc.code if isinstance(exc.code, int) else 2
     if args.version:
         from . import __version__
 
@@ -193,9 +232,15 @@ def _validate(args) -> int:
     if args.json:
         print(json.dumps(scenario.to_dict(), indent=2))
     else:
-        print(f"{args.scenario}: ok ({scenario.spec.num_agents} agents, {len(scenario.spec.population)} groups, "
-              f"{scenario.spec.steps} steps)")
+        spec = scenario.spec
+        print(f"{args.scenario}: ok ({_count(spec.num_agents, 'agent')}, {_count(len(spec.population), 'group')}, "
+              f"{_count(spec.steps, 'step')})")
     return 0
+
+
+def _count(number: int, word: str) -> str:
+    """``1 group``, ``2 groups``, ``10,000 agents``."""
+    return f"{number:,} {word}{'' if number == 1 else 's'}"
 
 
 def _new(args) -> int:
@@ -229,7 +274,7 @@ def _plugins(args) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        print(f"{row['kind']:<12} {row['name']:<22} {row['summary']}  [{row['origin']}]")
+        print(plugin_info.list_line(row))
     return 0
 
 
@@ -368,38 +413,48 @@ def _report(path: Path, as_json: bool) -> int:
     from .runs.runlog import read_manifest
 
     manifest = read_manifest(path)
+    warnings = manifest.get("warnings") or []
+    for warning in warnings:  # the run did what it was asked, but not what the scenario may have meant
+        print(f"valuesim: warning: {warning}", file=sys.stderr)
     if as_json:
-        print(json.dumps({"run_dir": str(path), "status": manifest["status"], "steps": manifest.get("last_step")}))
+        print(json.dumps({"run_dir": str(path), "status": manifest["status"], "steps": manifest.get("last_step"),
+                          "warnings": warnings}))
     else:
         print(f"run log: {path}")
     return 0
 
 
 class _progress:
-    """A rich progress bar on stderr (nothing when quiet or not a terminal-like stream)."""
+    """A rich progress bar on stderr (nothing when quiet): what is being done before the first step completes
+    (building the world, loading a model, step 1), then the steps."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, console=None):
         self.quiet = quiet
+        self.console = console
         self.bar = None
         self.task = None
 
     def __enter__(self):
-        if self.quiet:
-            return None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        return None if self.quiet else self
 
-        bar = Progress(TextColumn("steps"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       console=Console(stderr=True), transient=False)
+    def phase(self, text: str, step: int = 0, total: int = 0) -> None:
+        """Show ``text`` (``building the world``, ``step 1 of 200``) until the next step completes."""
+        self._start(step, total or None, text)
 
-        def update(step: int, total: int) -> None:
-            if self.task is None:  # started on the first step, so a bad input prints no empty bar
-                self.bar = bar
-                bar.start()
-                self.task = bar.add_task("run", total=total, completed=step)
-            self.bar.update(self.task, completed=step, total=total)
+    def __call__(self, step: int, total: int) -> None:
+        self._start(step, total, "steps")
+        self.bar.update(self.task, completed=step, total=total, description="steps")
 
-        return update
+    def _start(self, step: int, total: int | None, text: str) -> None:
+        if self.task is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=self.console or Console(stderr=True), transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(text, total=total, completed=step)
+        self.bar.update(self.task, description=text, completed=step, total=total)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -502,6 +557,7 @@ class _calibration_progress:
         if self.bar is not None:
             self.bar.stop()
         return False
+
 
 
 if __name__ == "__main__":

@@ -265,12 +265,13 @@ def test_a_run_an_older_valuesim_left_with_tables_and_no_parts_resumes_without_l
     _same_tables(whole, run_dir)
 
 
-def test_a_kill_before_the_first_checkpoint_is_told_in_one_line(tmp_path, write_scenario, monkeypatch, capsys):
+def test_a_kill_before_the_first_checkpoint_resumes_from_the_beginning(tmp_path, write_scenario, monkeypatch,
+                                                                        whole):
     run_dir = _killed_run(tmp_path, write_scenario, monkeypatch, runlog, "save_checkpoint",
                           lambda *args: True)
     assert sim.open_run(run_dir).status == "interrupted"
-    assert main(["resume", str(run_dir), "--quiet"]) == 2
-    assert "no checkpoint to resume from" in _one_line(capsys.readouterr().err)
+    assert main(["resume", str(run_dir), "--quiet"]) == 0  # nothing of it was kept: it starts again (issue 8)
+    _same_tables(whole, run_dir)
 
 
 # ---------------------------------------------------------------- one process at a time

@@ -143,12 +143,13 @@ class LLMPolicy:
         events = []
         for (b, a), request, response, vector, note in zip(where, requests, responses, vectors, notes):
             raw = getattr(note, "raw", None)  # the value read-out's own reply (plugins.llm.readers.ReadNote)
+            degenerate = bool(getattr(note, "degenerate", False))  # counted, and warned about once, by the runner
             if vector is None:  # unreadable or failed: the agent shows its own values, and the log says so
                 vector = own[b, a].tolist()
                 note = f"fell back to own values ({note or response.error})"
             shown[b, a] = torch.tensor(vector, dtype=shown.dtype)
             events.append(_exchange_event("llm_message", persona.name, group, b, a, request, response, vector,
-                                          note, world.space.dimensions, raw))
+                                          note, world.space.dimensions, raw, degenerate))
         return PolicyOutput(shown, events)
 
     def _speakers(self, world: World, group: Group, step: int, rng: Streams) -> torch.Tensor:
@@ -241,7 +242,7 @@ def _describe(values: dict[str, float], top: int | None = None) -> str:
 
 
 def _exchange_event(kind, persona, group, b, a, request, response, vector, note, dimensions,
-                    raw=None) -> dict[str, Any]:
+                    raw=None, degenerate=False) -> dict[str, Any]:
     # ``expressed`` is in the order of ``dimensions``; ``reader`` says what the value read-out repaired (None
     # when clean) and ``reader_reply`` is the read-out's raw reply, for a reader that asks a model (json_ratings)
     return {"event": kind, "persona": persona, "world": b, "agent": group.start + a,
@@ -250,4 +251,4 @@ def _exchange_event(kind, persona, group, b, a, request, response, vector, note,
             "prompt_tokens": response.prompt_tokens,
             "completion_tokens": response.completion_tokens, "latency_s": round(response.latency_s, 4),
             "cached": response.cached, "error": response.error, "reader": str(note) or None,
-            "reader_reply": raw}
+            "reader_reply": raw, "degenerate": degenerate}

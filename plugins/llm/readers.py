@@ -9,10 +9,16 @@ speaker's own values for a ``None`` and logs the note.
 - ``direct``: the values the backend already attached (the ``scripted`` backend).
 - ``json_ratings``: asks the model to rate each message on every dimension
   from 0 to 10 as JSON, then parses the reply forgivingly.
-- ``auto``: ``direct`` where a response has values, ``json_ratings`` elsewhere.
+- ``scale_probabilities``: asks the model, per message and dimension, for one rating from 0 to 10 through
+  the choice call, and takes the expected rating under the model's own probabilities of the eleven answers.
+  No text is parsed, and a small model that would copy the JSON shape with zeros still ranks the ratings.
+- ``auto``: ``direct`` where a response has values; for the others ``scale_probabilities`` where the
+  backend scores options from the model's token probabilities (``transformers``), else ``json_ratings``.
 
-A note of ``json_ratings`` is a :class:`ReadNote`: a ``str`` (what was repaired) that also keeps the
-rating request's raw reply as ``.raw``, which the LLM policy logs beside it (``reader_reply``).
+A note of a reader that asks a model is a :class:`ReadNote`: a ``str`` (what was repaired) that also keeps
+the raw reply as ``.raw``, which the LLM policy logs beside it (``reader_reply``), and says whether the
+read-out was degenerate (``.degenerate``: every rating equal, all zero, or off the scale); a degenerate
+read-out is ``None`` (the speaker's own values stand in) and the run warns once with the count.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 
 from sim.contracts import Interval, NoParams, PluginParams
 from sim.llm import ChatRequest, ChatResponse, LLMBackend, Sampling, complete
+from sim.llm.contract import ChoiceRequest, can_choose, choose
 
 Vectors = list[list[float] | None]
 
@@ -62,14 +69,41 @@ BIPOLAR = frozenset({"traditional_secular", "survival_self_expression"})
 
 
 class ReadNote(str):
-    """A reader's note (a plain ``str``: what was repaired, or why it failed) with the raw reply it read."""
+    """A reader's note (a plain ``str``: what was repaired, or why it failed) with the raw reply it read,
+    and whether the read-out was degenerate."""
 
     raw: str | None
+    degenerate: bool
 
-    def __new__(cls, note: str, raw: str | None = None) -> "ReadNote":
+    def __new__(cls, note: str, raw: str | None = None, degenerate: bool = False) -> "ReadNote":
         self = super().__new__(cls, note)
         self.raw = raw
+        self.degenerate = degenerate
         return self
+
+
+DEGENERATE = "degenerate read-out"
+"""How a note of a degenerate read-out begins."""
+
+
+def degenerate(ratings: list[float], spread: float = 0.0) -> str | None:
+    """Why ratings on the 0-10 scale say nothing about a message, or None: more than half off the scale (the
+    model answered on another one), every rating zero (a copy of the requested shape), or every rating equal
+    within ``spread`` (nothing told apart; one dimension alone is never that)."""
+    off = [r for r in ratings if not RATING_MIN <= r <= RATING_MAX]
+    if 2 * len(off) > len(ratings):
+        return f"{DEGENERATE}: {len(off)} of {len(ratings)} ratings off the {RATING_MIN}-{RATING_MAX} scale"
+    if len(ratings) < 2:
+        return None
+    if all(abs(r - RATING_MIN) <= spread for r in ratings):
+        return f"{DEGENERATE}: every rating {RATING_MIN}"
+    if max(ratings) - min(ratings) <= spread:
+        return f"{DEGENERATE}: every rating {_rating(ratings[0])}"
+    return None
+
+
+def _rating(value: float) -> str:
+    return f"{round(value, 2):g}"
 
 
 SYSTEM_PROMPT = ("You rate which values a short message expresses. You are careful and consistent, "
@@ -152,7 +186,7 @@ class JsonRatings:
                 notes[i] = f"the rating request failed: {reply.error}"
             else:
                 vectors[i], note = parse_ratings(reply.text, dimensions, self._max_missing(len(dimensions)))
-                notes[i] = ReadNote(note, raw=reply.text)
+                notes[i] = ReadNote(note, raw=reply.text, degenerate=note.startswith(DEGENERATE))
         return vectors, notes
 
     def rating_request(self, message: str, dimensions: tuple[str, ...], index: int = 0) -> ChatRequest:
@@ -171,24 +205,120 @@ class JsonRatings:
         return k // 2 if self.params.max_missing is None else self.params.max_missing
 
 
-class Auto:
-    """``direct`` when a response carries its values, ``json_ratings`` for those that do not.
+SCALE = tuple(str(r) for r in range(RATING_MIN, RATING_MAX + 1))
+SCALE_SYSTEM_PROMPT = (f"You rate how strongly a short message expresses one value. You answer with one whole "
+                       f"number from {RATING_MIN} to {RATING_MAX} and nothing else.")
+SCORING_BACKENDS = ("transformers",)
+"""Backends whose choice call scores the options from the model's own token probabilities (``auto`` reads
+through them with ``scale_probabilities``). ``openai`` estimates them from a server's top log-probabilities
+of the first token, which cannot tell ``1`` from ``10``; ``scripted`` has no model."""
 
-    Takes the parameters of ``json_ratings``, used only when some response has no values.
+
+class ScaleProbabilities:
+    """Rates each message on each value dimension from the model's probabilities of the ratings 0 to 10.
+
+    One choice request per message and dimension (all in one batch, through
+    the same backend and cache), whose options are the eleven ratings; the
+    read-out is the expected rating under the normalised log-probabilities
+    the backend returns, scaled to [0, 1]. A backend that names a rating
+    without probabilities gives that rating. Up to ``max_missing`` dimensions
+    whose choice failed are filled with 0.5; more gives ``None``. A
+    read-out whose ratings all lie within 0.05 of one another on the 0-10
+    scale is degenerate (the model told no value from another): ``None``.
     """
 
-    class Params(JsonRatings.Params):
-        """The parameters of ``json_ratings``, for the responses that carry no values."""
+    class Params(PluginParams):
+        """The seed of the choice requests, and how many failed dimensions are forgiven."""
+
+        seed: int = 0
+        """Seed of the choice requests (part of the cache key; unused at temperature 0)."""
+        max_missing: Annotated[int, Interval(ge=0)] | None = None
+        """How many dimensions may fail before the read-out does (default: half of K)."""
+
+    SPREAD = 0.05
 
     def __init__(self, params: Params):
         self.params = params
 
     def read(self, responses: list[ChatResponse], dimensions: tuple[str, ...],
              backend: LLMBackend) -> tuple[Vectors, list[str]]:
+        vectors: Vectors = [None] * len(responses)
+        notes: list[str] = [""] * len(responses)
+        asked = [i for i, r in enumerate(responses) if r.error is None and r.text.strip()]
+        for i in set(range(len(responses))) - set(asked):
+            failed = responses[i].error
+            notes[i] = f"no message to rate ({f'the backend failed: {failed}' if failed else 'empty reply'})"
+        requests = [self.rating_request(responses[i].text, name, index=i) for i in asked for name in dimensions]
+        answers = choose(backend, requests)
+        k = len(dimensions)
+        for j, i in enumerate(asked):
+            vectors[i], notes[i] = self._vector(answers[j * k:(j + 1) * k], dimensions)
+        return vectors, notes
+
+    def rating_request(self, message: str, dimension: str, index: int = 0) -> ChoiceRequest:
+        """The choice that asks for one message's rating on one dimension."""
+        return ChoiceRequest(
+            messages=({"role": "system", "content": SCALE_SYSTEM_PROMPT},
+                      {"role": "user", "content": scale_prompt(message, dimension)}),
+            options=SCALE, sampling=Sampling(temperature=0.0, top_p=1.0, max_tokens=4), seed=self.params.seed,
+            hints={"purpose": "value_rating", "dimension": dimension},
+            tag={"purpose": "value_rating", "message": index, "dimension": dimension})
+
+    def _vector(self, answers, dimensions: tuple[str, ...]) -> tuple[list[float] | None, ReadNote]:
+        ratings: dict[str, float] = {}
+        for name, answer in zip(dimensions, answers):
+            if answer.logprobs is not None:
+                ratings[name] = sum(math.exp(lp) * r for lp, r in zip(answer.logprobs, range(RATING_MIN,
+                                                                                             RATING_MAX + 1)))
+            elif answer.index is not None:
+                ratings[name] = float(RATING_MIN + answer.index)
+        raw = json.dumps({name: round(value, 3) for name, value in ratings.items()})
+        missing = [name for name in dimensions if name not in ratings]
+        limit = len(dimensions) // 2 if self.params.max_missing is None else self.params.max_missing
+        if len(missing) > limit or len(missing) == len(dimensions):
+            errors = sorted({a.error for a in answers if a.error})
+            return None, ReadNote(f"{len(missing)} of {len(dimensions)} ratings failed: {'; '.join(errors)[:200]}",
+                                  raw=raw)
+        why = degenerate(list(ratings.values()), spread=self.SPREAD)
+        if why is not None:
+            return None, ReadNote(why, raw=raw, degenerate=True)
+        scale = RATING_MAX - RATING_MIN
+        vector = [(ratings[name] - RATING_MIN) / scale if name in ratings else MIDPOINT for name in dimensions]
+        return vector, ReadNote(f"filled: {', '.join(missing)}" if missing else "", raw=raw)
+
+
+class Auto:
+    """``direct`` when a response carries its values; for those that do not, ``scale_probabilities`` where
+    the backend scores options from the model itself (``transformers``), else ``json_ratings``.
+
+    Takes the parameters of ``json_ratings`` (its seed and ``max_missing`` serve ``scale_probabilities``
+    too), used only when some response has no values, and ``scale``, which picks the rater.
+    """
+
+    class Params(JsonRatings.Params):
+        """The parameters of ``json_ratings``, for the responses that carry no values, and which rater to use."""
+
+        scale: Literal["auto", "probabilities", "json"] = "auto"
+        """``probabilities``: ``scale_probabilities``; ``json``: ``json_ratings``; ``auto``: probabilities where
+        the backend scores options from the model's token probabilities (``transformers``), else JSON."""
+
+    def __init__(self, params: Params):
+        self.params = params
+
+    def rater(self, backend: LLMBackend):
+        """The reader that rates the responses without values through ``backend``."""
+        p = self.params
+        scoring = can_choose(backend) and getattr(backend, "name", None) in SCORING_BACKENDS
+        if p.scale == "probabilities" or (p.scale == "auto" and scoring):
+            return ScaleProbabilities(ScaleProbabilities.Params(seed=p.seed, max_missing=p.max_missing))
+        return JsonRatings(JsonRatings.Params(**p.model_dump(exclude={"scale"})))
+
+    def read(self, responses: list[ChatResponse], dimensions: tuple[str, ...],
+             backend: LLMBackend) -> tuple[Vectors, list[str]]:
         vectors, notes = Direct(NoParams()).read(responses, dimensions, backend)
         unread = [i for i, response in enumerate(responses) if response.values is None]
         if unread:
-            rater = JsonRatings(JsonRatings.Params(**self.params.model_dump()))
+            rater = self.rater(backend)
             rated, rated_notes = rater.read([responses[i] for i in unread], dimensions, backend)
             for i, vector, note in zip(unread, rated, rated_notes):
                 vectors[i], notes[i] = vector, note
@@ -219,6 +349,21 @@ def rating_prompt(message: str, dimensions: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def scale_prompt(message: str, dimension: str) -> str:
+    """The user turn of a ``scale_probabilities`` request: one dimension, its meaning, the scale, the message."""
+    meaning = MEANINGS.get(dimension)
+    if dimension in BIPOLAR:
+        scale = f"On its own scale: {meaning}; 5 = in between, or not addressed."
+        head = f"Value: {dimension.replace('_', ' ')}"
+    else:
+        scale = (f"{RATING_MIN} = the message rejects or opposes it, 5 = neutral or not addressed, "
+                 f"{RATING_MAX} = the message strongly endorses it.")
+        head = f"Value: {dimension.replace('_', ' ')}" + (f" ({meaning})" if meaning else "")
+    return "\n".join([head, scale, "", "Message:", '"""', message.strip(), '"""', "",
+                      f"How strongly does the message express {dimension.replace('_', ' ')}, from {RATING_MIN} "
+                      f"to {RATING_MAX}?"])
+
+
 # ---------------------------------------------------------------- parsing the reply
 
 
@@ -240,6 +385,9 @@ def parse_ratings(reply: str, dimensions: tuple[str, ...],
     if ratings is None:
         return None, more[0]
     notes += more
+    why = degenerate(list(ratings.values()))
+    if why is not None:
+        return None, why
     scaled, clamped = {}, False
     for name, rating in ratings.items():
         bounded = min(max(rating, RATING_MIN), RATING_MAX)

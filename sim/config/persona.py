@@ -13,9 +13,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..plugin.kinds import unknown_name_message
+from .yamlsource import load_yaml, read_text
 
 
 # The definitions shipped with the package (package-data in pyproject.toml).
@@ -39,7 +38,7 @@ def read_agent(name: str, base_dir: Path) -> tuple[dict[str, Any], Path]:
         known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
         where = "in " + " or ".join(map(str, folders)) if folders else "no agents/ folder found"
         raise ValueError(unknown_name_message("agent definition", name, known, where))
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(read_text(path, "agent definition"), str(path)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of fields")
     return data, path

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .budget import size
 from .distributions import Constant, DimResolver
 from ..errors import ScenarioError
 from .persona import read_agent
@@ -21,6 +22,8 @@ from .schema import FileInit, GroupSpec, ProfileInit
 from ..core.rng import Streams
 from ..core.state import AGENT_PARAMETERS, AgentParams, Group
 
+VALUE_FILE_BYTES = 32
+"""The most bytes a value of an initial-values file may take (a CSV number with its separator needs about 8)."""
 # What normal draws are clipped into: each parameter's range, an open end moved inside by 1e-6.
 PARAM_RANGES = {name: (r.low + 1e-6 if r.gt is not None else r.low, r.high) for name, r in AGENT_PARAMETERS.items()}
 
@@ -99,6 +102,10 @@ def read_values_file(scenario: Scenario, name: str, count: int, dims: tuple[str,
     path = (scenario.base_dir / name)
     if not path.is_file():
         raise scenario.error(where, f"file not found: {name} (resolved to {path})")
+    limit = count * len(dims) * VALUE_FILE_BYTES + 2**20
+    if path.stat().st_size > limit:  # checked before reading: a file this large is not the group's table
+        raise scenario.error(where, f"{name} is {size(path.stat().st_size)}, too large for a table of {count:,} "
+                                    f"rows x {len(dims)} values (at most {size(limit)})")
     try:
         if path.suffix == ".npy":
             table = np.load(path, allow_pickle=False)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,7 @@ def _build(source: Source, overrides, base_dir: Path) -> Scenario:
         raise ScenarioError(f"a scenario must be a mapping of keys, got {type(source.data).__name__}",
                             location=source.locate(()))
     apply_overrides(source, list(overrides))
+    _finite_numbers(source.data, (), source)
     try:
         spec = ScenarioSpec.model_validate(source.data)
     except ValidationError as exc:
@@ -123,6 +126,18 @@ def _build(source: Source, overrides, base_dir: Path) -> Scenario:
     _load_plugin_files(spec, source, base_dir)
     spec = _resolve_plugins(spec, source, base_dir)
     return Scenario(spec=spec, source=source, base_dir=base_dir)
+
+
+def _finite_numbers(node: Any, path: tuple, source: Source) -> None:
+    """NaN and infinities have no place in a scenario (a bound, a mean, a rate): refused wherever they are."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise _error(source, path, f"must be a finite number, got {_given(node)}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _finite_numbers(value, path + (key,), source)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _finite_numbers(value, path + (i,), source)
 
 
 def _load_plugin_files(spec: ScenarioSpec, source: Source, base_dir: Path) -> None:
@@ -188,7 +203,10 @@ def _persona_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> 
     reader = PluginRef.model_validate(persona.get("reader", "auto"))
     persona["reader"] = {"name": reader.name, "params": _plugin_params(
         "value_readers", reader.name, reader.params, where, where, source)}
+    _check_persona_values(persona, source, where)
     params = _plugin_params("policies", "llm", {"persona": persona}, where, ("population", i), source)
+    _check_prompts(params["persona"], source, where)
+    _check_local_model(persona["backend"], source, name_path)
     update: dict[str, Any] = {"policy": PluginRef(name="llm", params=params)}
     kind = params["persona"]["kind"]
     if "kind" not in group.model_fields_set:
@@ -203,6 +221,56 @@ def _persona_group(group: GroupSpec, i: int, source: Source, base_dir: Path) -> 
         if profile is not None:
             update["init"] = Constant(dist="constant", value=dict(profile))
     return group.model_copy(update=update)
+
+
+# The placeholders a persona's prompt templates may use (filled by plugins/llm/policy.py).
+PROMPT_PLACEHOLDERS = {"system_prompt": ("values_text", "goal_text", "tactics_text"),
+                       "message_prompt": ("audience_text", "step")}
+
+
+def _check_persona_values(persona: dict[str, Any], source: Source, where: tuple) -> None:
+    """A persona's value profile and goal: numbers in [0, 1], as every value is."""
+    for field in ("values", "goal"):
+        table = persona.get(field)
+        if not isinstance(table, dict):
+            continue  # the persona model says what it should be
+        for space, profile in table.items():
+            for dimension, value in (profile.items() if isinstance(profile, dict) else ()):
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and value not in _UNIT:
+                    raise _error(source, where, f"persona {persona.get('name')!r} {field}.{space}.{dimension}: "
+                                                f"{_UNIT.message(value)}")
+
+
+_UNIT = Interval(ge=0, le=1)
+
+
+def _check_prompts(persona: dict[str, Any], source: Source, where: tuple) -> None:
+    """Each prompt template fills with the placeholders the policy gives it, and with nothing else."""
+    for field, allowed in PROMPT_PLACEHOLDERS.items():
+        template = persona[field]
+        names = ", ".join("{" + a + "}" for a in allowed)
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+            bad = next((f for f in fields if f.split(".")[0].split("[")[0] not in allowed), None)
+            if bad is None:
+                template.format(**{a: 1 if a == "step" else "x" for a in allowed})
+        except (ValueError, KeyError, IndexError, AttributeError) as exc:
+            raise _error(source, where, f"persona {persona['name']!r} {field}: not a valid template ({exc}); "
+                                        f"write a literal brace as {{{{ or }}}}") from None
+        if bad is not None:
+            what = f"positional placeholder {{{bad}}}" if bad == "" or bad.isdigit() else f"unknown placeholder {{{bad}}}"
+            raise _error(source, where, f"persona {persona['name']!r} {field}: {what} (allowed: {names})")
+
+
+def _check_local_model(backend: dict[str, Any], source: Source, path: tuple) -> None:
+    """A local model named by path must be there when the scenario is checked, not when the run first speaks."""
+    model = backend["params"].get("model") if backend["name"] == "transformers" else None
+    if not isinstance(model, str) or not (model.startswith(("/", ".", "~")) or model.endswith(".gguf")):
+        return  # smollm2, or a hub name looked up in the local cache
+    local = Path(model).expanduser()
+    if not (local.is_file() if model.endswith(".gguf") else local.is_dir()):
+        kind = "model file" if model.endswith(".gguf") else "model directory"
+        raise _error(source, path, f"transformers backend: {kind} {model!r} does not exist")
 
 
 def _error(source: Source, path: tuple, message: str) -> ScenarioError:

@@ -66,6 +66,48 @@ def AgentParam(interval: Interval):
 UnitFloat = Annotated[float, Interval(ge=0, le=1)]
 
 
+def _not_a_bool(value: Any) -> Any:
+    # pydantic takes true for 1 (and YAML writes true for yes): a count of true is a slip, not a 1
+    if isinstance(value, bool):
+        raise PydanticCustomError("int_type", "must be an integer, got {given}", {"given": str(value).lower()})
+    return value
+
+
+def Count(interval: Interval):
+    """An integer field of the scenario: ``true`` is not 1."""
+    return Annotated[int, BeforeValidator(_not_a_bool), interval]
+
+
+MAX_SEED = 2**64 - 1
+"""Seeds are hashed as 64-bit words: a larger one would share its streams with a smaller one."""
+
+
+def _seed_fits(seed: int) -> int:
+    if seed > MAX_SEED:
+        raise PydanticCustomError("seed", "must be at most 2**64 - 1, got {given}", {"given": seed})
+    return seed
+
+
+MAX_NAME = 100
+"""The longest scenario name: it begins the run directory's name, which a file system keeps to 255 bytes."""
+RESERVED_GROUPS = ("all",)
+"""Group names the run log uses itself: ``all`` is the metrics' whole-population scope."""
+
+
+def _group_name(name: str) -> str:
+    if name.lower() in RESERVED_GROUPS:
+        raise PydanticCustomError("reserved", "group name '{name}' is reserved: the metrics' readings for the whole "
+                                  "population have scope 'all'; rename the group", {"name": name})
+    return name
+
+
+def _short_name(name: str) -> str:
+    if len(name) > MAX_NAME:
+        raise PydanticCustomError("too_long", "must be at most {most} characters (it names the run directory), "
+                                  "got {length}", {"most": MAX_NAME, "length": len(name)})
+    return name
+
+
 # ---------------------------------------------------------------- initial values
 
 
@@ -194,9 +236,9 @@ class RLSpec(Strict):
 class GroupSpec(Strict):
     """A population group: ``count`` agents of one ``kind`` with their initial values and parameters."""
 
-    name: Identifier
+    name: Annotated[Identifier, AfterValidator(_group_name)]
     kind: Literal["human", "llm", "ai", "rl"] = "human"
-    count: Annotated[int, Interval(ge=1)]
+    count: Count(Interval(ge=1))
     init: InitSpec = Uniform(dist="uniform", low=0.0, high=1.0)
     confidence: AgentParam(AGENT_PARAMETERS["confidence"]) = Constant(value=0.2)
     rate: AgentParam(AGENT_PARAMETERS["rate"]) = Constant(value=0.5)
@@ -239,9 +281,9 @@ class LogSpec(Strict):
     ``checkpoint_every``: steps between checkpoints (default: 10 x ``log_every``).
     """
 
-    values_every: Annotated[int, Interval(ge=1)] | None = None
-    values_max_agents: Annotated[int, Interval(ge=0)] = 10_000
-    checkpoint_every: Annotated[int, Interval(ge=1)] | None = None
+    values_every: Count(Interval(ge=1)) | None = None
+    values_max_agents: Count(Interval(ge=0)) = 10_000
+    checkpoint_every: Count(Interval(ge=1)) | None = None
 
 
 class ValueSpaceSpec(Strict):
@@ -289,14 +331,14 @@ INDEPENDENT_NETWORKS = ("network.independent: an independent network per world i
 class ScenarioSpec(Strict):
     """One simulation, as written in a scenario file."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$"), AfterValidator(_short_name)]
     description: str = ""
     plugins: list[str] = Field(default_factory=list)
     """Drop-in plugin files to load (paths relative to the scenario); only files named here are run."""
-    seed: Annotated[int, Interval(ge=0)] = 0
-    steps: Annotated[int, Interval(ge=0)] = 100
-    log_every: Annotated[int, Interval(ge=1)] = 1
-    worlds: Annotated[int, Interval(ge=1)] = 1
+    seed: Annotated[Count(Interval(ge=0)), AfterValidator(_seed_fits)] = 0
+    steps: Count(Interval(ge=0)) = 100
+    log_every: Count(Interval(ge=1)) = 1
+    worlds: Count(Interval(ge=1)) = 1
     values: Annotated[ValueSpaceSpec, BeforeValidator(_value_space), AfterValidator(_unique_dimensions)] = \
         ValueSpaceSpec(name="schwartz10", dimensions=list(BUILTIN_SPACES["schwartz10"]))
     network: NetworkSpec = NetworkSpec()

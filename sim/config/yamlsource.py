@@ -5,6 +5,8 @@ Also applies ``--set dotted.key=value`` overrides to the parsed document.
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,39 +46,102 @@ def format_path(path: Path_) -> str:
     return out
 
 
+MAX_YAML_BYTES = 16 * 2**20
+"""The largest YAML file read (a scenario, a persona, a profile): larger ones are refused before reading."""
+MAX_YAML_NODES = 200_000
+"""The most nodes a document may expand to through its aliases (a "billion laughs" is refused, not walked)."""
+MAX_DIGITS = 20
+"""The most digits of an integer (2**64 has 20): a longer one is a typo or an attack, never a setting."""
+_INTEGER = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
+
+
+def read_text(path: Path, what: str, limit: int = MAX_YAML_BYTES) -> str:
+    """A text file's contents after a size check; OSError / UnicodeDecodeError as ValueError."""
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"{what} {path} is {size / 2**20:,.1f} MiB, more than the {limit / 2**20:,.0f} MiB "
+                             f"a {what} may be")
+        return path.read_bytes()[:limit + 1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {what} {path}: it is not a UTF-8 text file") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
 def read_yaml(path: Path) -> Source:
     """Parse a scenario file. Malformed YAML and duplicate keys are ScenarioErrors with a line."""
     name = str(path)
+    if not path.exists():
+        raise ScenarioError(f"scenario file not found: {name}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"scenario file not found: {name}") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot read scenario file {name}: {exc}") from None
+        text = read_text(path, "scenario file")
+    except ValueError as exc:
+        raise ScenarioError(str(exc)) from None
     return parse_yaml(text, name)
+
+
+def load_yaml(text: str, name: str) -> Any:
+    """Plain data from YAML text (safe tags only), for a file a scenario refers to; ValueError with the line."""
+    try:
+        return parse_yaml(text, name).data
+    except ScenarioError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_yaml(text: str, name: str) -> Source:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _check_nodes(node, name)
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
-        problem = (exc.problem or exc.context or "malformed YAML").strip()
+        problem = " ".join((exc.problem or exc.context or "malformed YAML").split())
         raise ScenarioError(f"malformed YAML: {problem}", location=f"{name}{line}") from None
-    except yaml.YAMLError as exc:
-        raise ScenarioError(f"malformed YAML: {exc}", location=name) from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        raise ScenarioError(f"malformed YAML: {' '.join(str(exc).split())[:200]}", location=name) from None
     source = Source(data=data, name=name)
     if node is not None:
         _index(node, (), source)
     return source
 
 
+def _check_nodes(root: yaml.Node, name: str) -> None:
+    """Refuse what would blow up loading: too many nodes through aliases, and integers of too many digits."""
+    count, stack = 0, [root]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_YAML_NODES:
+            raise ScenarioError(f"the document expands to more than {MAX_YAML_NODES:,} nodes (through YAML "
+                                "aliases); write it out plainly", location=name)
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif node.tag == "tag:yaml.org,2002:int" and _INTEGER.fullmatch(node.value):
+            digits = len(node.value.lstrip("+-").replace("_", ""))
+            if digits > MAX_DIGITS:
+                raise ScenarioError(f"an integer of {digits:,} digits is too large (at most {MAX_DIGITS})",
+                                    location=f"{name}:{node.start_mark.line + 1}")
+
+
+_MERGE = "tag:yaml.org,2002:merge"
+
+
 def _index(node: yaml.Node, path: Path_, source: Source) -> None:
     if isinstance(node, yaml.MappingNode):
+        # a merge key (``<<: *defaults``) gives the lines of the keys it brings; keys written out win
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                for merged in (value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]):
+                    _index(merged, path, source)
         seen: set[Any] = set()
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                continue
             key = _key(key_node)
             if key in seen:
                 raise ScenarioError(
@@ -95,7 +160,9 @@ def _index(node: yaml.Node, path: Path_, source: Source) -> None:
 def _key(node: yaml.Node) -> Any:
     """The key as ``yaml.safe_load`` builds it (a plain ``1`` is an int, a quoted one a string)."""
     if isinstance(node, yaml.ScalarNode) and node.style is None:
-        return yaml.safe_load(node.value)
+        return yaml.SafeLoader("").construct_object(node)
+    if not isinstance(node, yaml.ScalarNode):  # a list or mapping as a key: loading refuses it (unhashable)
+        return id(node)
     return node.value
 
 
@@ -113,14 +180,17 @@ def apply_overrides(source: Source, overrides: list[str]) -> None:
         if not sep or not key.strip():
             raise ScenarioError(f"expected dotted.key=value, got {item!r}", location="--set")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ScenarioError(f"value of {key} is not valid YAML: {exc}", location="--set") from None
-        path = _set(source.data, key.strip().split("."), value, key)
-        source.overridden[path] = "--set"
+            value = parse_yaml(raw, "--set").data
+        except ScenarioError as exc:
+            raise ScenarioError(f"value of {key.strip()}: {exc.message}", location="--set") from None
+        created: list[Path_] = []
+        path = _set(source.data, key.strip().split("."), value, key, created)
+        # a key that --set brought into the document is blamed on --set, not on the file
+        for where in (*created, path):
+            source.overridden[where] = "--set"
 
 
-def _set(data: Any, parts: list[str], value: Any, key: str) -> Path_:
+def _set(data: Any, parts: list[str], value: Any, key: str, created: list[Path_]) -> Path_:
     path: list[Any] = []
     node = data
     for i, part in enumerate(parts):
@@ -140,6 +210,8 @@ def _set(data: Any, parts: list[str], value: Any, key: str) -> Path_:
                 node = node[index]
         elif isinstance(node, dict):
             path.append(part)
+            if part not in node:
+                created.append(tuple(path))
             if last:
                 node[part] = value
             else:
@@ -166,7 +238,9 @@ def _list_index(items: list, part: str, key: str) -> int:
         index = items.index(part)
         items[index] = {part: None}
         return index
-    raise ScenarioError(f"cannot set {key}: no entry named {part!r} (entries: {', '.join(map(str, labels))})",
+    close = difflib.get_close_matches(part, [str(label) for label in labels], n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ScenarioError(f"cannot set {key}: no entry named {part!r}{hint} (entries: {', '.join(map(str, labels))})",
                         location="--set")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -11,16 +12,26 @@ from pydantic_core import PydanticUndefined
 
 from .. import registry
 from ..errors import PluginError
+from .scaffold import KIND_WORDS
 
 _BOUND_WORDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "length >=", "max_length": "length <="}
+
+
+def kind_of(word: str) -> str:
+    """The registry's kind for what a user typed: the plural or the singular (``policy``, ``llm_backend``)."""
+    word = word.strip().lower().replace("-", "_")
+    kind = KIND_WORDS.get(word, word)  # the words `valuesim new plugin` takes
+    if kind not in registry.KINDS and f"{kind}s" in registry.KINDS:  # llm_backend, value_reader
+        kind = f"{kind}s"
+    return kind
 
 
 def _kinds(kind: str | None) -> tuple[str, ...]:
     if kind is None:
         return registry.KINDS
-    if kind not in registry.KINDS:
+    if kind_of(kind) not in registry.KINDS:
         raise PluginError(registry.unknown_name_message("plugin kind", kind, list(registry.KINDS), "kinds"))
-    return (kind,)
+    return (kind_of(kind),)
 
 
 def listing(kind: str | None = None) -> list[dict[str, Any]]:
@@ -30,12 +41,37 @@ def listing(kind: str | None = None) -> list[dict[str, Any]]:
         for name in registry.names(k):
             row = {"kind": k, "name": name, "origin": registry.origin(k, name), "summary": "", "error": None}
             try:
-                row["summary"] = (inspect.getdoc(registry.get(k, name)) or "").split("\n")[0]
+                row["summary"] = plain((inspect.getdoc(registry.get(k, name)) or "").split("\n")[0])
             except PluginError as exc:
                 row["error"] = str(exc)
                 row["summary"] = "(cannot be used: see the warning)"
             rows.append(row)
     return rows
+
+
+LINE_WIDTH = 120
+"""The longest line of ``valuesim plugins list``."""
+
+
+def plain(text: str) -> str:
+    """Docstring markup as plain text: ``x`` -> x, :class:`~a.b.C` -> C, :func:`f` -> f, *x* -> x."""
+    text = re.sub(r":[a-z]+:`~?([^`]*)`", lambda m: m.group(1).rsplit(".", 1)[-1] if "~" in m.group(0)
+                  else m.group(1), text)
+    text = re.sub(r"``([^`]*)``", r"\1", text)
+    return re.sub(r"(?<![\w*])\*([^*\s][^*]*)\*(?![\w*])", r"\1", text)
+
+
+def list_line(row: dict[str, Any], width: int = LINE_WIDTH) -> str:
+    """One plugin as a line of at most ``width`` characters: kind, name, summary (cut with '...'), origin."""
+    origin = row["origin"]
+    if origin.startswith("distribution "):  # 'distribution valuesim (plugins.policies:Honest)' -> valuesim
+        origin = origin.removeprefix("distribution ").split(" (")[0]
+    elif len(origin) > 30:
+        origin = "..." + origin[-27:]
+    head, tail = f"{row['kind']:<13} {row['name']:<22} ", f"  [{origin}]"
+    room = max(width - len(head) - len(tail), 10)
+    summary = row["summary"] if len(row["summary"]) <= room else row["summary"][:room - 3].rstrip() + "..."
+    return head + summary + tail
 
 
 def describe(name: str, kind: str | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from .tables import (agents_per_world, agents_table, metric_catalogue, network_t
 from .runlog import (CHECKPOINT, LOCK_FILE, RunLock, RunLog, new_run_dir, pid_alive, read_manifest,
                      recover_checkpoint, versions, git_commit)
 from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
+from ..config.schema import MAX_SEED
 
 Progress = Callable[[int, int], None]
 
@@ -50,7 +51,8 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
     if worlds is not None:
         scenario = _with_flag(scenario, "worlds", worlds, minimum=1)
     cache_path = Path(runs_dir) / ".llm-cache.sqlite"
-    simulation = build_simulation(scenario, device=device, context=_llm_context(scenario, llm_cache, cache_path))
+    _phase(progress, _building(scenario))
+    simulation = _build_or_forget_cache(scenario, device, llm_cache, cache_path)
     logged = _logged_agents(simulation)
     tables = {"agents": agents_table(simulation, logged), "network": network_table(simulation.world.network)}
     made, path = _make_run_dir(out, runs_dir, scenario, tag)
@@ -113,20 +115,23 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
         if status == "running" and not locked_before and pid_alive(manifest.get("pid"), manifest.get("host")):
             raise RunDirError(f"{path}: the run is still going (pid {manifest['pid']})")  # an older valuesim's
         recover_checkpoint(path)
-        if not (path / CHECKPOINT).is_dir():
-            raise RunDirError(f"{path}: no checkpoint to resume from (it stopped before the first one)")
-        snapshot = load_checkpoint(path / CHECKPOINT)
+        # a run stopped before its first checkpoint kept nothing of its steps: it starts again from the beginning
+        fresh = not (path / CHECKPOINT).is_dir()
+        snapshot = None if fresh else load_checkpoint(path / CHECKPOINT)
         scenario = _stored_scenario(path, manifest)
         cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
         worlds = _field(path, manifest, "worlds", int) // (2 if scenario.spec.counterfactual else 1)  # twins
+        _phase(progress, _building(scenario))
         simulation = build_simulation(scenario, worlds=worlds,
                                       device=device or _device_arg(manifest),
                                       context=_llm_context(scenario, cache["mode"], Path(cache["path"])))
-        _restore(simulation, snapshot, path / CHECKPOINT)
-        log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step,
+        if snapshot is not None:
+            _restore(simulation, snapshot, path / CHECKPOINT)
+        log = RunLog.reopen(path, scenario.space.dimensions, simulation.state.step - fresh,
                             command if command is not None else sys.argv)
-        log.event("resumed", simulation.state.step, previous_status=status)
-        _loop(simulation, log, progress, fresh=False)
+        log.event("resumed", simulation.state.step, previous_status=status,
+                  **({"from_the_beginning": "it stopped before its first checkpoint"} if fresh else {}))
+        _loop(simulation, log, progress, fresh=fresh)
     return path
 
 
@@ -223,6 +228,7 @@ def _steps(simulation: Simulation, log: RunLog, progress: Progress | None, fresh
     agents = _logged_agents(simulation)
     names = [g.name for g in simulation.world.groups]
     state = simulation.state
+    watch = _Watch()
 
     def record(step: int) -> None:
         if step % log_every == 0 or step == steps or simulation.converged:
@@ -240,10 +246,17 @@ def _steps(simulation: Simulation, log: RunLog, progress: Progress | None, fresh
                 log.add_events(simulation.take_events())
                 record(0)
                 save()
+            if simulation.state.step < steps and not simulation.converged:
+                _phase(progress, f"step {simulation.state.step + 1} of {steps}", simulation.state.step, steps)
             while simulation.state.step < steps and not simulation.converged:
+                before = simulation.state.values.clone() if _last_step_watched(simulation, steps) else None
                 simulation.step()
+                if before is not None:
+                    watch.moved = float((simulation.state.values - before).abs().max())
                 state = simulation.state
-                log.add_events(simulation.take_events())
+                events = simulation.take_events()
+                watch.count(events)
+                log.add_events(events)
                 record(state.step)
                 if progress:
                     progress(state.step, steps)
@@ -274,6 +287,7 @@ def _steps(simulation: Simulation, log: RunLog, progress: Progress | None, fresh
     if simulation.converged:
         log.event("converged", state.step, converged_at=state.converged_at.tolist())
     save()
+    _warn(log, simulation, watch, steps)
     if log.llm.all_failed:  # fallbacks all the way: the run measured nothing of the model
         error = (f"every one of the {log.llm.calls} language-model calls failed "
                  f"(the last: {' '.join(log.llm.last_error.split())[:200]})")
@@ -282,6 +296,77 @@ def _steps(simulation: Simulation, log: RunLog, progress: Progress | None, fresh
         raise RunFailed(f"{error}; the run is marked failed: {log.path}", log.path)
     log.event("complete", state.step)
     log.finish("complete", state.step)
+
+
+def _phase(progress, text: str, step: int = 0, total: int = 0) -> None:
+    """Tell a progress display what is going on before a step completes (``progress.phase``, if it has one)."""
+    phase = getattr(progress, "phase", None)
+    if phase is not None:
+        phase(text, step, total)
+
+
+def _building(scenario: Scenario) -> str:
+    spec = scenario.spec
+    models = sorted({g.policy.params["persona"]["backend"]["name"] for g in spec.population if g.policy.name == "llm"}
+                    - {"scripted"})
+    loading = f" and loading the language model ({', '.join(models)})" if models else ""
+    return f"building the world ({spec.num_agents:,} agents){loading}"
+
+
+def _build_or_forget_cache(scenario: Scenario, device: str, mode: str, cache_path: Path) -> Simulation:
+    """Build the world; a scenario refused while it is built leaves no response cache (nor runs dir) behind."""
+    existed = {p: p.exists() for p in (cache_path.parent, cache_path)}
+    context = _llm_context(scenario, mode, cache_path)
+    try:
+        return build_simulation(scenario, device=device, context=context)
+    except BaseException:
+        if context.get("llm_cache") is not None:
+            context["llm_cache"].close()
+        if not existed[cache_path]:
+            for leftover in (cache_path, *(cache_path.with_name(cache_path.name + x) for x in ("-wal", "-shm"))):
+                leftover.unlink(missing_ok=True)
+        if not existed[cache_path.parent]:
+            shutil.rmtree(cache_path.parent, ignore_errors=True)
+        raise
+
+
+class _Watch:
+    """What the end of a run warns about: value read-outs that were degenerate, and how much the last step moved."""
+
+    def __init__(self) -> None:
+        self.readouts = self.degenerate = 0
+        self.moved: float | None = None
+
+    def count(self, events: list[dict]) -> None:
+        for event in events:
+            if event.get("event") == "llm_message":  # every message is read out into a value vector
+                self.readouts += 1
+                self.degenerate += bool(event.get("degenerate"))
+
+
+def _last_step_watched(simulation: Simulation, steps: int) -> bool:
+    return simulation.stop_tolerance is not None and simulation.state.step == steps - 1
+
+
+def _warn(log: RunLog, simulation: Simulation, watch: _Watch, steps: int) -> None:
+    """Say, in an event and in the manifest's ``warnings`` (which the CLI prints), what the run did not do."""
+    warnings = []
+    tolerance = simulation.stop_tolerance
+    if tolerance is not None and not simulation.converged and simulation.state.step >= steps:
+        settled = int((simulation.state.converged_at >= 0).sum())
+        moved = f" (the last step still moved a value by {watch.moved:.2g})" if watch.moved is not None else ""
+        message = (f"the run ended at steps ({steps}) without reaching stop.tolerance {tolerance:g}: "
+                   f"{settled} of {simulation.world.b} worlds settled{moved}")
+        log.event("not_converged", simulation.state.step, tolerance=tolerance, worlds_settled=settled,
+                  last_move=watch.moved)
+        warnings.append(message)
+    if watch.degenerate:
+        message = (f"{watch.degenerate} of {watch.readouts} value read-outs were degenerate (every rating equal, "
+                   "zero or off the scale) and fell back to the speaker's own values; see 'reader' in events.jsonl")
+        log.event("degenerate_readouts", simulation.state.step, count=watch.degenerate, of=watch.readouts)
+        warnings.append(message)
+    if warnings:
+        log.manifest["warnings"] = warnings
 
 
 def _llm_context(scenario: Scenario, mode: str, cache_path: Path) -> dict:
@@ -333,6 +418,8 @@ def _with_flag(scenario: Scenario, field: str, value: int, minimum: int) -> Scen
     """The scenario with ``field`` set from the ``--<field>`` flag."""
     if value not in Interval(ge=minimum):
         raise ScenarioError(Interval(ge=minimum).message(value), location=f"--{field}")
+    if field == "seed" and value > MAX_SEED:
+        raise ScenarioError(f"must be at most 2**64 - 1, got {value}", location="--seed")
     return Scenario(spec=scenario.spec.model_copy(update={field: value}), source=scenario.source,
                     base_dir=scenario.base_dir)
 
