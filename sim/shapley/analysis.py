@@ -71,11 +71,13 @@ def shapley(source: str | Path | Scenario, *, metric: str, players: str = "group
     spec = scenario.spec
     player_list = parse_players(players, [g.name for g in spec.population], spec.num_agents,
                                 tuple(scenario.space.dimensions))
+    n = len(player_list)
     try:
-        check_options(method, len(player_list), replicates, budget, endpoint_replicates=max(4 * replicates, 32))
+        resolved = check_options(method, n, replicates, budget, endpoint_replicates=max(4 * replicates, 32))
     except ValueError as exc:
         raise ScenarioError(str(exc), location="--budget" if "budget" in str(exc) else "--method") from None
-    state: dict[str, Any] = {"max_se": None, "budget": budget}
+    known = {"exact": 2 ** n * replicates, "loo": (n + 2) * replicates}.get(resolved)  # worlds, when known
+    state: dict[str, Any] = {"max_se": None, "budget": budget if known is None else known}
 
     def worlds_done(worlds: int) -> None:
         if progress:
@@ -90,7 +92,6 @@ def shapley(source: str | Path | Scenario, *, metric: str, players: str = "group
         worlds_done(used)
 
     run = _RunDir(scenario, source_run, out, runs_dir, command) if write else None
-    n = len(player_list)
     round_size = max(2, game.batch // max((n - 1) * replicates, 1)) if n > 1 else 1
     try:
         result = estimate(game, method, se=se, budget=budget, replicates=replicates, round_size=round_size,

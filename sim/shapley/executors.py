@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from ..errors import ValuesimError
+from ..errors import ScenarioError, ValuesimError
 
 EXECUTORS = ("local", "ray")
 
@@ -68,5 +68,5 @@ def get_executor(name: str | Executor | None) -> Executor:
     if name == "ray":
         return RayExecutor()
     if isinstance(name, str):
-        raise ValuesimError(f"--executor: must be one of {', '.join(EXECUTORS)}, got {name!r}")
+        raise ScenarioError(f"must be one of {', '.join(EXECUTORS)}, got {name!r}", location="--executor")
     return name
