@@ -351,3 +351,17 @@ def test_over_seeds_a_masked_group_matches_the_rebuilt_scenario_on_a_random_grap
     se = np.sqrt(a.var(ddof=1) / len(a) + c.var(ddof=1) / len(c))
     assert abs(a.mean() - c.mean()) < 4 * se, (a.mean(), c.mean(), se)
     assert 0.25 * c.mean() > 4 * se, "the test could not tell a 1.4x change in the interaction rate"
+
+
+def test_a_parameter_changed_in_place_is_seen_by_the_next_step():
+    # The compiled step remembers which parameter rows hold one value; a change must not go unseen.
+    values = torch.rand((1, 300, 2), generator=torch.Generator().manual_seed(4))
+    world, state = make_world(values, nx.erdos_renyi_graph(300, 0.05, seed=5), confidence=0.3, rate=0.4)
+    rng = Streams.of(1, 1).at(1)
+    numba_kernel, torch_kernel = Deffuant(Deffuant.Params(kernel="numba")), Deffuant(Deffuant.Params(kernel="torch"))
+    assert torch.equal(numba_kernel.apply(values, values, state, world, rng),
+                       torch_kernel.apply(values, values, state, world, rng))
+    world.params.confidence[0, ::2] = 0.05
+    world.params.rate[0, 1::3] = 0.1
+    got = numba_kernel.apply(values, values, state, world, rng)
+    assert torch.equal(got, torch_kernel.apply(values, values, state, world, rng))

@@ -398,10 +398,11 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
                         eps_uniform, mu, mu_uniform, metric, repulse):
     """One world's step on two threads: a helper draws chunks into a ring of buffers, this thread applies them.
 
-    The helper starts at once, so this thread's copy of the values into ``x``
-    (page faults on a fresh 40 MB array at N = 10^6, K = 10) overlaps the
-    first draws. Waits block (semaphores), so a busy second core slows the
-    step down gracefully instead of spinning.
+    The two threads first copy the values into ``x`` half each (a fresh
+    40 MB array at N = 10^6, K = 10 costs 10,000 page faults: a third of
+    the step on one thread), the helper after drawing its first chunk. Waits
+    block (semaphores, events), so a busy second core slows the step down
+    gracefully instead of spinning.
     """
     n = x.shape[0]
     order = np.empty(n if masked else 1, np.int64)
@@ -413,7 +414,8 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
     buffers = [(np.empty(size, np.int64), np.empty(size, np.int64)) for _ in range(RING)]
     chunks = range(0, used, size)
     free, ready = threading.Semaphore(RING), threading.Semaphore(0)
-    stop = threading.Event()
+    copied, stop = threading.Event(), threading.Event()
+    half = n // 2
 
     def draw_all():
         for c, lo in enumerate(chunks):
@@ -424,16 +426,24 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
             _pipeline_draw(rowptr, col, key_focal, key_partner, lo, min(lo + size, used), masked, active, order, m,
                            focal, partner)
             ready.release()
+            if c == 0:
+                _copy(values[half:], x[half:])
+                copied.set()
+
+    def wait(event_or_semaphore):
+        while not (event_or_semaphore.wait(timeout=0.1) if isinstance(event_or_semaphore, threading.Event)
+                   else event_or_semaphore.acquire(timeout=0.1)):
+            if drawing.done():
+                drawing.result()  # the helper raised: raise it here
+                raise RuntimeError("the pair-drawing thread stopped early")
 
     drawing = _drawer().submit(draw_all)
     try:
-        _copy(values, x)
+        _copy(values[:half], x[:half])
         any_fixed = bool(fixed.any())
+        wait(copied)
         for c, lo in enumerate(chunks):
-            while not ready.acquire(timeout=0.1):
-                if drawing.done():
-                    drawing.result()  # the helper raised: raise it here
-                    raise RuntimeError("the pair-drawing thread stopped early")
+            wait(ready)
             focal, partner = buffers[c % RING]
             _apply_pairs(x, shown, fixed, any_fixed, focal, partner, min(lo + size, used) - lo, eps, eps_uniform,
                          mu, mu_uniform, metric, repulse)
@@ -444,7 +454,7 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
 
 
 def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, active, masked, eps, mu,
-             metric, repulse, pipeline: bool | None = None):
+             metric, repulse, pipeline: bool | None = None, eps_uniform=None, mu_uniform=None):
     """One Deffuant step of B worlds: ``x`` (any contents) becomes ``values`` [B, N, K] float32 after the step.
 
     ``shown`` [B, N, K]: what agents marked in ``fixed`` [B or 1, N] show
@@ -456,10 +466,11 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
     (``PIPELINE_MIN_PAIRS``) is pipelined on two threads and a short one
     runs on the calling thread, where a hand-off would cost more than it
     saves (``pipeline`` forces the choice). All give the sequential model's
-    result bit for bit.
+    result bit for bit. ``eps_uniform``, ``mu_uniform``: :func:`constant_rows`
+    of ``eps`` and ``mu``, if the caller knows them.
     """
-    eps_uniform = np.broadcast_to(_constant_rows(eps), (x.shape[0],)).copy()
-    mu_uniform = np.broadcast_to(_constant_rows(mu), (x.shape[0],)).copy()
+    eps_uniform = _per_world(constant_rows(eps) if eps_uniform is None else eps_uniform, x.shape[0])
+    mu_uniform = _per_world(constant_rows(mu) if mu_uniform is None else mu_uniform, x.shape[0])
     threads = numba.get_num_threads()
     if pipeline is None:
         pipeline = threads > 1 and x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
@@ -477,8 +488,12 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
                             row(mu), bool(mu_uniform[b]), metric, repulse)
 
 
+def _per_world(flags: np.ndarray, b: int) -> np.ndarray:
+    return np.broadcast_to(flags, (b,)).copy()
+
+
 @njit(cache=True)
-def _constant_rows(values):
+def constant_rows(values):
     """``[rows]`` bool: the row holds one value (stops at a row's first difference)."""
     out = np.ones(values.shape[0], np.bool_)
     for r in range(values.shape[0]):

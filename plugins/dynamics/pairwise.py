@@ -27,6 +27,7 @@ any device) draw the same pairs and give the same values bit for bit;
 
 from __future__ import annotations
 
+import weakref
 from typing import Annotated, ClassVar, Literal
 
 import numpy as np
@@ -49,21 +50,50 @@ class _PairwiseParams(PluginParams):
     """Which implementation applies the pairs; all give the same result."""
 
 
+def _all(flags: torch.Tensor) -> bool:
+    # On the CPU numpy's single-threaded check: a torch reduction of 10^6 flags wakes torch's thread pool,
+    # which on two shared cores cost 0.5 ms or more a call.
+    return bool(flags.numpy().all()) if flags.device.type == "cpu" else bool(flags.all())
+
+
+def _any(flags: torch.Tensor) -> bool:
+    return bool(flags.numpy().any()) if flags.device.type == "cpu" else bool(flags.any())
+
+
 def _shown_and_fixed(values: torch.Tensor, expressed: torch.Tensor, world: World):
     """What each agent shows: its current values, or (``fixed`` [B or 1, N]) a policy's expressed vector."""
     fixed = ~world.honest.reshape(-1, world.n)
-    return (expressed if bool(fixed.any()) else values), fixed
+    return (expressed if _any(fixed) else values), fixed
 
 
 def _mask(state: State) -> torch.Tensor | None:
     """The active mask, or None when every agent of every world takes part."""
-    return None if bool(state.active.all()) else state.active
+    return None if _all(state.active) else state.active
 
 
 def _rates(world: World) -> torch.Tensor:
     # A zealot's rate is zero inside the kernel, so it never moves mid-step either.
     rate = world.params.rate.to(torch.float32)
-    return torch.where(world.params.zealot, 0.0, rate) if bool(world.params.zealot.any()) else rate
+    return torch.where(world.params.zealot, 0.0, rate) if _any(world.params.zealot) else rate
+
+
+_CONSTANT: dict[int, tuple[weakref.ref, int, np.ndarray]] = {}
+
+
+def _constant_rows(param: torch.Tensor) -> np.ndarray:
+    """``[rows]`` bool: each row of a per-agent parameter holds one value; remembered while the tensor lives
+    unchanged (a parameter is the same tensor step after step; a full scan is 2 ms at N = 10^6)."""
+    from . import _numba
+
+    key = id(param)
+    hit = _CONSTANT.get(key)
+    if hit is not None and hit[0]() is param and hit[1] == param._version:
+        return hit[2]
+    out = _numba.constant_rows(param.numpy())
+    if len(_CONSTANT) > 16:
+        _CONSTANT.clear()
+    _CONSTANT[key] = (weakref.ref(param), param._version, out)
+    return out
 
 
 class Deffuant:
@@ -97,13 +127,14 @@ class Deffuant:
         net = world.network
         masked = used is not None
         used = torch.full((world.b,), count) if used is None else used
+        eps = world.params.confidence.to(torch.float32).contiguous()
+        mu = _rates(world).contiguous()
         _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
                         net.rowptr.numpy(), net.col.numpy(), stream_keys(rng, "deffuant/focal"),
                         stream_keys(rng, "deffuant/partner"), used.numpy(),
-                        state.active.contiguous().numpy(), masked,
-                        world.params.confidence.to(torch.float32).contiguous().numpy(),
-                        _rates(world).contiguous().numpy(), METRICS[self.params.distance],
-                        np.inf if repulse is None else float(repulse))
+                        state.active.contiguous().numpy(), masked, eps.numpy(), mu.numpy(),
+                        METRICS[self.params.distance], np.inf if repulse is None else float(repulse),
+                        eps_uniform=_constant_rows(eps), mu_uniform=_constant_rows(mu))
         return x
 
     def apply_pairs(self, values, expressed, world: World, focal, partner) -> torch.Tensor:
