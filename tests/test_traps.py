@@ -65,6 +65,7 @@ def test_degenerate_ratings_are_recognised():
     assert degenerate([5, 5, 5]) == "degenerate read-out: every rating 5"
     assert degenerate([80, 40, 5]) == "degenerate read-out: 2 of 3 ratings off the 0-10 scale"
     assert degenerate([0]) is None and degenerate([14, -2, 5, 10]) is None and degenerate([3, 7]) is None
+    assert degenerate([7, 7]) is None  # two whole-number ratings agree by chance one time in eleven
     assert degenerate([5.0, 5.02], spread=0.05) is not None and degenerate([5.0, 5.2], spread=0.05) is None
     dims = ("self_direction", "power")
     assert parse_ratings('{"self_direction": 0, "power": 0}', dims, 1) == (None,

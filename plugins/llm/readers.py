@@ -89,7 +89,9 @@ DEGENERATE = "degenerate read-out"
 def degenerate(ratings: list[float], spread: float = 0.0) -> str | None:
     """Why ratings on the 0-10 scale say nothing about a message, or None: more than half off the scale (the
     model answered on another one), every rating zero (a copy of the requested shape), or every rating equal
-    within ``spread`` (nothing told apart; one dimension alone is never that)."""
+    within ``spread`` (nothing told apart; for whole-number ratings, ``spread`` 0, only over three dimensions
+    or more: two equal ratings of two dimensions happen by chance one time in eleven; one dimension alone is
+    never degenerate)."""
     off = [r for r in ratings if not RATING_MIN <= r <= RATING_MAX]
     if 2 * len(off) > len(ratings):
         return f"{DEGENERATE}: {len(off)} of {len(ratings)} ratings off the {RATING_MIN}-{RATING_MAX} scale"
@@ -97,7 +99,7 @@ def degenerate(ratings: list[float], spread: float = 0.0) -> str | None:
         return None
     if all(abs(r - RATING_MIN) <= spread for r in ratings):
         return f"{DEGENERATE}: every rating {RATING_MIN}"
-    if max(ratings) - min(ratings) <= spread:
+    if (len(ratings) >= 3 or spread > 0) and max(ratings) - min(ratings) <= spread:
         return f"{DEGENERATE}: every rating {_rating(ratings[0])}"
     return None
 
