@@ -153,6 +153,15 @@ class RunView:
         """The events in order; a last line cut short by a kill is skipped."""
         return read_events(self.path / "events.jsonl")
 
+    @property
+    def plot(self):
+        """The run's figures as matplotlib Figures: ``run.plot.trajectories()``, ``.drift_heatmap()``,
+        ``.polarization()``, ``.value_distribution()``, ``.shapley_bars()``, ``.sweep_phase()``
+        (:mod:`sim.analysis.plots`)."""
+        from ..analysis.plots import Plots
+
+        return Plots(self)
+
 
 def _as(frame, as_: str):
     if as_ == "pandas":
