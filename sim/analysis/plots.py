@@ -14,6 +14,7 @@ function               figure
 ``drift_heatmap``      groups x dimensions: mean signed change from the initial values (``drift_dimension``)
 ``polarization``       variance, pairwise distance, bimodality, clusters over time (what the run has)
 ``value_distribution`` per dimension, the distribution of values (all logged agents) at every snapshot
+``network_snapshot``   one world's network at the last snapshot, agents coloured by their values (a sample if large)
 ``shapley_bars``       Shapley values with 95% intervals (``shapley.parquet``)
 ``sweep_phase``        a sweep's outcome against one grid key (with intervals) or over two (a heatmap)
 =====================  ==========================================================================
@@ -29,7 +30,10 @@ import pandas as pd
 from ..errors import RunDirError
 from .stats import band, replicate_metrics
 
-FIGURES = ("trajectories", "drift_heatmap", "polarization", "value_distribution", "shapley_bars", "sweep_phase")
+FIGURES = ("trajectories", "drift_heatmap", "polarization", "value_distribution", "network_snapshot", "shapley_bars",
+           "sweep_phase")
+# populations up to this many logged agents are drawn whole by network_snapshot; larger ones as a seeded sample
+NETWORK_LIMIT = 400
 POLARIZATION = ("variance", "pairwise_distance", "bimodality", "clusters", "largest_cluster", "spread")
 
 
@@ -157,6 +161,53 @@ def value_distribution(run, bins: int = 40, group: str | None = None):
                       f"brightness the share of agents in a bin of width {1 / bins:.3g}.")
 
 
+def network_snapshot(run, world: int | None = None, limit: int = NETWORK_LIMIT, seed: int = 0):
+    """The network of one world (default the first) at its last value snapshot, each agent coloured by its
+    values' first principal component; beyond ``limit`` logged agents, a seeded sample of ``limit`` of them
+    and the edges among them."""
+    import networkx as nx
+    from matplotlib.collections import LineCollection
+
+    values = run.values()
+    world = int(values["world"].min()) if world is None else world
+    step = int(values["step"].max())
+    last = values[(values["world"] == world) & (values["step"] == step)].set_index("agent")
+    if last.empty:
+        raise RunDirError(f"{run.path}: no value snapshot of world {world} to draw")
+    nodes = np.sort(last.index.to_numpy())
+    sampled = len(nodes) > limit
+    if sampled:
+        nodes = np.sort(np.random.default_rng(seed).choice(nodes, limit, replace=False))
+    edges = run.network()
+    keep = edges["source"].isin(nodes) & edges["target"].isin(nodes)
+    graph = nx.Graph()
+    graph.add_nodes_from(nodes.tolist())
+    graph.add_edges_from(edges.loc[keep, ["source", "target"]].to_numpy().tolist())
+    points = last.loc[nodes, run.dimensions].to_numpy(dtype=np.float64)
+    centred = points - points.mean(axis=0)
+    # the direction along which the drawn agents' values differ most; its sign is fixed for a stable legend
+    axis = np.linalg.svd(centred, full_matrices=False)[2][0] if len(nodes) > 1 else np.ones(points.shape[1])
+    axis = axis if axis.sum() >= 0 else -axis
+    colour = centred @ axis
+    layout = nx.spring_layout(graph, seed=seed)
+    xy = np.array([layout[n] for n in nodes.tolist()])
+    fig, axes = _figure(width=6.0, height=5.0)
+    ax = axes[0, 0]
+    lines = np.array([[layout[a], layout[b]] for a, b in graph.edges()]).reshape(-1, 2, 2)
+    # a dense graph would be a grey disc: the more edges, the fainter each
+    faint = min(0.3, 150 / max(len(lines), 1))
+    ax.add_collection(LineCollection(lines, colors="grey", linewidths=0.4, alpha=faint))
+    drawn = ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="coolwarm", s=max(4.0, 3000 / len(nodes)),
+                       edgecolors="none")
+    fig.colorbar(drawn, ax=ax, label="first principal component of the values")
+    ax.set_axis_off()
+    heaviest = ", ".join(f"{d} {w:+.2f}" for d, w in sorted(zip(run.dimensions, axis), key=lambda t: -abs(t[1]))[:3])
+    who = (f"a seeded sample of {len(nodes)} of its {len(last):,} logged agents and the edges among them"
+           if sampled else f"all {len(nodes):,} logged agents")
+    return _done(fig, f"The network of world {world} at step {step}: {who}, coloured by the first principal "
+                      f"component of their values (weights: {heaviest}); layout by springs, edges in grey.")
+
+
 def shapley_bars(run):
     """Each player's Shapley value with its 95% interval, one panel per metric (and window)."""
     file = run.path / "shapley.parquet"
@@ -241,6 +292,9 @@ class Plots:
 
     def value_distribution(self, **kwargs):
         return value_distribution(self._run, **kwargs)
+
+    def network_snapshot(self, **kwargs):
+        return network_snapshot(self._run, **kwargs)
 
     def shapley_bars(self):
         return shapley_bars(self._run)
