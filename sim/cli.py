@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
                               "then: policy: {trained: {path: runs/<run>/policy.zip}} in a scenario",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("scenario", nargs="?", help="scenario YAML file with at least one group of kind rl")
-    t.add_argument("--backend", default="sb3", help="sb3 (stable-baselines3; the rl extra)")
+    t.add_argument("--backend", default="sb3", help="sb3 (stable-baselines3) or torchrl (TorchRL's PPO, tensors on "
+                                                    "the device); both the rl extra")
     t.add_argument("--algo", default="ppo", help="the backend's algorithm (default: ppo)")
     t.add_argument("--timesteps", type=int, default=50_000, help="agent-steps to train for (default: 50000)")
     t.add_argument("--worlds", type=int, help="worlds B stepped together (default: the scenario's worlds)")
@@ -323,7 +324,7 @@ def _train(args) -> int:
     else:
         ev = record["evaluation"]
         print(f"mean return per agent: {ev['return']:.4g} (random policy: {ev['random_return']:.4g})", file=sys.stderr)
-        print(f"policy: {path / 'policy.zip'}")
+        print(f"policy: {path / ('policy.pt' if record['settings']['backend'] == 'torchrl' else 'policy.zip')}")
     return 0
 
 

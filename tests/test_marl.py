@@ -251,3 +251,119 @@ def test_an_interrupted_training_run_resumes_from_its_latest_checkpoint(tmp_path
     assert (out / "checkpoints" / "policy_1024_steps.zip").is_file()
     with pytest.raises(ValuesimError, match="is complete: nothing to resume"):
         resume(out)
+
+
+# ---------------------------------------------------------------- TorchRL
+
+
+def _torchrl():
+    pytest.importorskip("torchrl", reason="the rl extra: pip install 'valuesim[rl]'")
+    from sim.marl.torchrl_env import TorchRLEnv, torchrl_env
+
+    return TorchRLEnv, torchrl_env
+
+
+@pytest.mark.parametrize("make", [_tiny, lambda: _tiny(action="share"),
+                                  *[lambda p=p: sim.load_scenario(p) for p in _rl_scenarios()]],
+                         ids=["tiny", "tiny_share", *[p.stem for p in _rl_scenarios()]])
+def test_the_torchrl_env_passes_check_env_specs(make):
+    _, torchrl_env = _torchrl()
+    from torchrl.envs.utils import check_env_specs
+
+    env = torchrl_env(make(), worlds=3)
+    check_env_specs(env, seed=5)
+    assert env.batch_size == torch.Size([3]) and env.device == torch.device("cpu")
+    a = env.vector.agents_per_world
+    assert env.full_observation_spec["agents", "observation"].shape == (3, a, env.vector.observation_space.shape[0])
+    assert env.full_action_spec["agents", "action"].shape == (3, a, env.action_dim)
+    assert env.full_done_spec["done"].shape == (3, 1)
+
+
+def test_the_torchrl_env_equals_the_vector_env_on_the_same_streams():
+    _, torchrl_env = _torchrl()
+    scenario = _tiny()
+    env, vector = torchrl_env(scenario, streams=[4, 9, 2]), VectorEnv(scenario, streams=[4, 9, 2])
+    td = env.reset()
+    obs = vector.reset()
+    generator, ended = torch.Generator().manual_seed(0), 0
+    for step in range(20):  # episodes of 8: both restart the ended worlds on the same fresh streams, twice
+        assert torch.equal(td["agents", "observation"].reshape(6, -1), obs)
+        actions = torch.rand((6, 2), generator=generator)
+        td["agents", "action"] = actions.reshape(3, 2, 2)
+        out, td = env.step_and_maybe_reset(td)
+        expected = vector.step(actions)
+        assert torch.equal(out["next", "agents", "reward"].reshape(6), expected.reward)
+        assert torch.equal(out["next", "truncated"].reshape(3), expected.truncated[::2])
+        assert torch.equal(out["next", "done"], out["next", "truncated"]) and not bool(out["next", "terminated"].any())
+        final = expected.final_observation if expected.final_observation is not None else expected.observation
+        assert torch.equal(out["next", "agents", "observation"].reshape(6, -1), final)  # before the restart
+        obs, ended = expected.observation, ended + int(expected.truncated.any())
+    assert ended == 2 and env.vector.simulation.rng.stream.tolist() == vector.simulation.rng.stream.tolist()
+    assert env.vector.simulation.rng.stream.tolist() != [4, 9, 2]
+    # a seed rebuilds the worlds on their first streams
+    env.set_seed(11)
+    assert torch.equal(env.reset()["agents", "observation"].reshape(6, -1),
+                       VectorEnv(scenario, streams=[4, 9, 2], seed=11).reset())
+
+
+@pytest.fixture(scope="module")
+def trained_torchrl(tmp_path_factory):
+    _torchrl()
+    from sim.marl.train import train
+
+    out = tmp_path_factory.mktemp("train_torchrl") / "run"
+    train(SCENARIOS / "train_influencer.yaml", backend="torchrl", timesteps=4096, worlds=16, device="cpu", seed=1,
+          out=out, algo_params={"n_steps": 32, "batch_size": 128, "learning_rate": 1e-3})
+    return out
+
+
+def test_torchrl_ppo_beats_the_random_policy(trained_torchrl):
+    record = json.loads((trained_torchrl / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] >= 4096
+    assert record["settings"]["backend"] == "torchrl" and "torchrl" in record["versions"]
+    ev = record["evaluation"]
+    assert ev["return"] > ev["random_return"] + 0.15, ev
+    evaluations = [json.loads(line) for line in (trained_torchrl / "evaluations.jsonl").read_text().splitlines()]
+    assert len(evaluations) >= 5 and evaluations[-1]["return"] > evaluations[0]["return"]
+    assert sorted((trained_torchrl / "checkpoints").glob("policy_*_steps.pt"))
+    assert list((trained_torchrl / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_a_torchrl_policy_round_trips_through_a_scenario(trained_torchrl, tmp_path):
+    from sim.marl.policy import load_policy
+    from sim.marl.train import evaluate
+    from sim.marl.torchrl_train import act
+
+    spec = json.loads((trained_torchrl / "policy.json").read_text())
+    assert spec["backend"] == "torchrl" and (trained_torchrl / "policy.pt").is_file()
+    text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
+        "    rl:\n", f"    policy: {{trained: {{path: {trained_torchrl}}}}}\n    rl:\n")
+    scenario = scenario_from_yaml(text)
+    simulation = sim.build(scenario, worlds=3)
+    policy, group = load_policy(trained_torchrl), simulation.world.group("influencer")
+    for _ in range(5):
+        expected = policy.act(simulation.state, simulation.world, group)
+        simulation.step()
+        assert torch.equal(simulation.state.expressed[:, group.rows], expected.to(simulation.state.values.dtype))
+    # the loaded actor is the evaluated one: the same return as train.json recorded
+    record = json.loads((trained_torchrl / "train.json").read_text())
+    value = evaluate(scenario, lambda obs: act(policy.model.actor, obs), record["settings"])
+    assert value == record["evaluation"]["return"]
+    run = sim.run(scenario, runs_dir=tmp_path)
+    assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_an_interrupted_torchrl_run_resumes_from_its_latest_checkpoint(tmp_path):
+    _torchrl()
+    from sim.marl.train import resume, train
+
+    out = tmp_path / "run"
+    train(SCENARIOS / "train_influencer.yaml", backend="torchrl", timesteps=512, worlds=4, device="cpu", seed=2,
+          out=out, algo_params={"n_steps": 32, "n_epochs": 2}, checkpoint_every=128)
+    record = json.loads((out / "train.json").read_text())
+    record["status"], record["settings"]["timesteps"] = "interrupted", 1024
+    (out / "train.json").write_text(json.dumps(record))
+    resume(out)
+    record = json.loads((out / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] == 1024 and "resumed" in record
+    assert (out / "checkpoints" / "policy_1024_steps.pt").is_file()

@@ -5,13 +5,15 @@
 - :func:`~sim.marl.pettingzoo_env.parallel_env` / :func:`~sim.marl.pettingzoo_env.aec_env`: one world as a
   PettingZoo ``ParallelEnv`` and its AEC form (the ``rl`` extra);
 - :class:`~sim.marl.sb3.SB3VecEnv`: stable-baselines3's ``VecEnv`` (the ``rl`` extra);
-- :func:`~sim.marl.train.train`: ``valuesim train`` (SB3's PPO), the trained policy saved in the run
+- :class:`~sim.marl.torchrl_env.TorchRLEnv` (and ``sim.marl.torchrl_env.torchrl_env(scenario, B)``): TorchRL's ``EnvBase``
+  with ``batch_size=[B]``, tensors on the device (the ``rl`` extra);
+- :func:`~sim.marl.train.train`: ``valuesim train`` (SB3's PPO, or TorchRL's: ``sim.marl.torchrl_train``), the trained policy saved in the run
   directory and named in a scenario as ``policy: {trained: {path: ...}}`` (``sim.marl.policy``).
 
 The RL libraries are imported only inside this package; a missing one names the extra to install.
 """
 
-__all__ = ["VectorEnv", "parallel_env", "aec_env", "SB3VecEnv", "train", "load_policy"]
+__all__ = ["VectorEnv", "parallel_env", "aec_env", "SB3VecEnv", "TorchRLEnv", "train", "load_policy"]
 
 
 def __getattr__(name: str):
@@ -24,6 +26,9 @@ def __getattr__(name: str):
     if name == "SB3VecEnv":
         from .sb3 import SB3VecEnv
         return SB3VecEnv
+    if name == "TorchRLEnv":
+        from .torchrl_env import TorchRLEnv
+        return TorchRLEnv
     if name == "train":
         from .train import train
         return train

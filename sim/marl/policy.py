@@ -1,4 +1,5 @@
-"""A trained policy as a file: the SB3 model (``policy.zip``) and what it observes (``policy.json``).
+"""A trained policy as a file: the SB3 model (``policy.zip``; ``policy.pt`` for a TorchRL actor) and what it
+observes (``policy.json``).
 
 ``policy.json`` holds the group's observation features, episode length, action name and space, and the
 value dimensions, so the policy can act in any scenario whose group it fits, computing the very
@@ -21,6 +22,7 @@ from ._deps import require
 from .spaces import clip_action, from_symmetric, observation_space, observe
 
 POLICY_FILE, SPEC_FILE = "policy.zip", "policy.json"
+TORCHRL_FILE = "policy.pt"  # a policy trained with --backend torchrl (sim.marl.torchrl_train)
 _FEATURES = TypeAdapter(list[RLFeature])
 
 
@@ -86,12 +88,21 @@ class LoadedPolicy:
 def load_policy(path: str | Path, deterministic: bool = True) -> LoadedPolicy:
     """The policy saved at ``path`` (its ``policy.zip`` or the directory holding it)."""
     path = Path(path)
-    zip_path = path / POLICY_FILE if path.is_dir() else path
+    if path.is_dir():
+        zip_path = path / POLICY_FILE
+        if not zip_path.is_file() and (path / TORCHRL_FILE).is_file():
+            zip_path = path / TORCHRL_FILE
+    else:
+        zip_path = path
     spec_path = zip_path.with_name(SPEC_FILE)
     if not zip_path.is_file() or not spec_path.is_file():
         raise ValuesimError(f"a trained policy is {POLICY_FILE} with {SPEC_FILE} beside it; {path} has "
                             f"{'no ' + SPEC_FILE if zip_path.is_file() else 'no ' + zip_path.name}")
     spec = json.loads(spec_path.read_text())
+    if spec.get("backend") == "torchrl":
+        from .torchrl_train import TorchRLModel
+
+        return LoadedPolicy(TorchRLModel.load(zip_path), spec, deterministic)
     algos = {"ppo": "PPO"}
     sb3 = require("stable_baselines3")
     model = getattr(sb3, algos[spec["algo"]]).load(str(zip_path), device="cpu")

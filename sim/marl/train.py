@@ -14,7 +14,9 @@ policy.zip           the trained policy, with policy.json (what it observes and 
                      ``policy: {trained: {path: runs/<run>/policy.zip}}`` in a scenario
 ```
 
-Backends: ``sb3`` (stable-baselines3's PPO over :class:`~sim.marl.sb3.SB3VecEnv`). The algorithm is the
+Backends: ``sb3`` (stable-baselines3's PPO over :class:`~sim.marl.sb3.SB3VecEnv`), ``torchrl`` (TorchRL's
+``ClipPPOLoss``, GAE and ``Collector`` over :class:`~sim.marl.torchrl_env.TorchRLEnv`, tensors on the
+device: ``sim.marl.torchrl_train``; its policy is ``policy.pt``, its checkpoints ``.pt``). The algorithm is the
 library's; nothing here learns.
 """
 
@@ -38,8 +40,8 @@ from .spaces import from_symmetric
 from .policy import policy_spec, save_policy
 from .vector import VectorEnv
 
-BACKENDS = ("sb3",)
-ALGOS = {"sb3": {"ppo": "PPO"}}
+BACKENDS = ("sb3", "torchrl")
+ALGOS = {"sb3": {"ppo": "PPO"}, "torchrl": {"ppo": "ClipPPOLoss"}}
 EVAL_STREAM = 1 << 20  # evaluation worlds run on streams from here: never the training worlds' streams
 Progress = Callable[[int, int], None]
 
@@ -56,8 +58,7 @@ def train(scenario: Scenario | str | Path, *, backend: str = "sb3", algo: str = 
     ``checkpoint_every`` are in agent-steps too (default: ten of each over the run).
     """
     if backend not in BACKENDS:
-        raise ValuesimError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r} (torchrl and rllib "
-                            "are not available yet)")
+        raise ValuesimError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if algo not in ALGOS[backend]:
         raise ValuesimError(f"--algo must be one of {', '.join(ALGOS[backend])} for {backend}, got {algo!r}")
     if timesteps < 1:
@@ -93,7 +94,8 @@ def resume(run_dir: str | Path, *, progress_bar: bool = False) -> Path:
     record = json.loads(record_path.read_text())
     if record["status"] == "complete":
         raise ValuesimError(f"{path} is complete: nothing to resume")
-    checkpoints = sorted((path / "checkpoints").glob("policy_*_steps.zip"), key=lambda p: int(p.stem.split("_")[1]))
+    suffix = ".pt" if record["settings"]["backend"] == "torchrl" else ".zip"
+    checkpoints = sorted((path / "checkpoints").glob(f"policy_*_steps{suffix}"), key=lambda p: int(p.stem.split("_")[1]))
     if not checkpoints:
         raise ValuesimError(f"{path} has no checkpoint to resume from (checkpoints/ is empty)")
     settings = record["settings"]
@@ -108,6 +110,10 @@ def resume(run_dir: str | Path, *, progress_bar: bool = False) -> Path:
 def _run(path: Path, scenario: Scenario, vector: VectorEnv, record: dict, resume_from: Path | None,
          progress_bar: bool) -> Path:
     settings = record["settings"]
+    if settings["backend"] == "torchrl":
+        from .torchrl_train import run
+
+        return run(path, scenario, vector, record, resume_from, progress_bar)
     sb3 = require("stable_baselines3")
     callbacks = require("stable_baselines3.common.callbacks")
     from .sb3 import SB3VecEnv
@@ -228,7 +234,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = versions()
-    for dist in ("gymnasium", "pettingzoo", "stable-baselines3", "tensorboard"):
+    for dist in ("gymnasium", "pettingzoo", "stable-baselines3", "torchrl", "tensordict", "tensorboard"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

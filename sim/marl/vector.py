@@ -119,6 +119,20 @@ class VectorEnv:
             observation = self.observe()
         return Step(observation, reward, terminated, truncated, final)
 
+    def reseed(self, seed: int) -> None:
+        """Rebuild the worlds on their first streams with run seed ``seed``; the next :meth:`reset` starts there."""
+        self._build(seed)
+
+    def restart(self, worlds: torch.Tensor) -> torch.Tensor:
+        """Restart the worlds of the ``[B]`` mask ``worlds`` on fresh streams (the others go on unchanged) and
+        return every world's observation ``[num_envs, F]``: the autoreset of :meth:`step`, asked for from outside
+        (TorchRL's ``"_reset"``)."""
+        worlds = worlds.to(device=self.simulation.world.device, dtype=torch.bool)
+        if bool(worlds.any()):
+            self._restart(worlds)
+        self._fresh = False
+        return self.observe()
+
     def _restart(self, worlds: torch.Tensor) -> None:
         self.simulation.reset_worlds(worlds)
         for reward in self.rewards:
