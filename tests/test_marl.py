@@ -367,3 +367,18 @@ def test_an_interrupted_torchrl_run_resumes_from_its_latest_checkpoint(tmp_path)
     record = json.loads((out / "train.json").read_text())
     assert record["status"] == "complete" and record["timesteps_done"] == 1024 and "resumed" in record
     assert (out / "checkpoints" / "policy_1024_steps.pt").is_file()
+
+
+@pytest.mark.parametrize("name, margin", [("train_advisor", 0.05), ("train_advisor_guardian", 0.1)])
+def test_torchrl_learns_to_manipulate_and_to_protect_in_the_advice_protocol(name, margin, tmp_path):
+    """The red team learns messages that shift its clients toward the harmful option; the guardian learns
+    broadcasts that take the covert advisor's shift down (both against the random policy's return)."""
+    _torchrl()
+    from sim.marl.train import train
+
+    out = train(SCENARIOS / f"{name}.yaml", backend="torchrl", timesteps=20000, worlds=64, device="cpu", seed=1,
+                out=tmp_path / "run", algo_params={"n_steps": 8, "learning_rate": 1e-3})
+    ev = json.loads((out / "train.json").read_text())["evaluation"]
+    assert ev["return"] > ev["random_return"] + margin, ev
+    if name == "train_advisor":
+        assert json.loads((out / "policy.json").read_text())["action"] == "advice" and ev["return"] > 0.05, ev
