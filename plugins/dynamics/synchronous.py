@@ -16,7 +16,7 @@ import torch
 
 from sim.contracts import Interval, PluginParams, State, Streams, World
 
-from .pairwise import METRICS
+from .pairwise import METRICS, _all
 
 
 class HegselmannKrause:
@@ -41,7 +41,7 @@ class HegselmannKrause:
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
               rng: Streams) -> torch.Tensor:
         # honest agents show their values: no [B, N, K] pass when every agent is honest
-        shows = values if bool(world.honest.all()) else torch.where(world.honest[..., None], values, expressed)
+        shows = values if _all(world.honest) else torch.where(world.honest[..., None], values, expressed)
         eps = world.params.confidence.to(torch.float32)
         metric = METRICS[self.params.distance]
         if self.params.kernel == "numba" or (self.params.kernel == "auto" and values.device.type == "cpu"):
@@ -59,7 +59,7 @@ class HegselmannKrause:
             rate = world.params.rate if self.params.rate == "agent" else torch.tensor(self.params.rate)
             rate = rate.to(values.dtype).to(values.device)
             new = values + rate.expand(world.b, world.n)[..., None] * (mean - values)
-        return new if bool(state.active.all()) else torch.where(state.active[..., None], new, values)
+        return new if _all(state.active) else torch.where(state.active[..., None], new, values)
 
 
 def hk_means_torch(values, shows, active, world: World, eps, metric: int, chunk_edges: int = 1 << 22):
