@@ -662,9 +662,7 @@ def _analyze(args) -> int:
         print(json.dumps([analysis.to_json(r) for r in results] if len(results) > 1 else analysis.to_json(results[0]),
                          indent=2))
         return 0
-    from rich.console import Console
-
-    console = Console()
+    console = _table_console()
     for result in results:
         analysis.render(result, console)
     return 0
@@ -677,10 +675,15 @@ def _compare(args) -> int:
     if args.json:
         print(json.dumps(comparing.to_json(result), indent=2))
         return 0
+    comparing.render(result, _table_console(), top=args.top)
+    return 0
+
+
+def _table_console():
+    """A rich console for tables; piped output gets room for whole metric names rather than 80 columns."""
     from rich.console import Console
 
-    comparing.render(result, Console(), top=args.top)
-    return 0
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _sweep(args) -> int:
