@@ -48,7 +48,7 @@ class GridKey:
         return self.param is not None and self.param.kind in ("agents", "policy")
 
     def flag(self, value) -> str:
-        return self.param.flag(value) if self.param is not None else f"{self.key}={value}"
+        return self.param.flag(value) if self.param is not None else f"{self.key}={_text(value)}"
 
 
 def parse_grid(specs: list[str], scenario) -> list[GridKey]:
