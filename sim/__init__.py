@@ -87,6 +87,10 @@ def __getattr__(name: str):
         import importlib
 
         return importlib.import_module(".shapley", __name__)
+    if name == "mesa":  # sim.mesa.ValuesimModel: a scenario as a Mesa 3 model (the mesa extra)
+        import importlib
+
+        return importlib.import_module(".analysis.mesa", __name__)
     if name == "open_run":
         from .runs.reading import open_run
         return open_run
