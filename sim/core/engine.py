@@ -111,6 +111,7 @@ class Simulation:
         self._resets = 0
         self._step_cache: dict[str, torch.Tensor] = {}
         self._variants: dict[int, tuple[list[tuple[str, Any]], torch.Tensor]] = {}
+        self._spaces: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ stepping
 
@@ -186,9 +187,15 @@ class Simulation:
     def action_names(self, group: str) -> list[str]:
         """What can be written in for ``group`` at a step: ``express`` and the protocols' declared actions."""
         names = ["express"]
-        for _, protocol in self.protocols:
-            names += [action for (g, action) in protocol.action_spaces(self.world) if g == group]
+        for name, _ in self.protocols:
+            names += [action for (g, action) in self._action_spaces(name) if g == group]
         return names
+
+    def _action_spaces(self, protocol_name: str) -> dict:
+        """A protocol's declared actions (asked once: they depend on the groups, which do not change)."""
+        if protocol_name not in self._spaces:
+            self._spaces[protocol_name] = dict(self.protocols)[protocol_name].action_spaces(self.world)
+        return self._spaces[protocol_name]
 
     def _express(self, rng: Streams) -> torch.Tensor:
         if bool(self.world.honest.all()) and not self._actions_for("express"):
@@ -361,8 +368,7 @@ class Simulation:
         group = self.world.group(group_name)
         if action == "express":
             return self._group_expression(group, rng)
-        protocol = dict(self.protocols)[protocol_name]
-        space = protocol.action_spaces(self.world).get((group_name, action))
+        space = self._action_spaces(protocol_name).get((group_name, action))
         if space is None:
             raise ValueError(f"protocol {protocol_name!r} asked for action {action!r} of group {group_name!r}, "
                              "which its action_spaces() does not declare")
