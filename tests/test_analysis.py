@@ -240,3 +240,20 @@ def test_figures_of_real_runs(runs):
         run.plot.shapley_bars()
     with pytest.raises(sim.RunDirError, match="sweep.parquet"):
         run.plot.sweep_phase()
+
+
+def test_readme_analysis_section_runs(tmp_path, monkeypatch):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Analysis and sweeps")
+    section = readme[start:readme.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scenarios").mkdir()
+    text = (REPO / "scenarios" / "deffuant_clusters.yaml").read_text()
+    (tmp_path / "scenarios" / "deffuant_clusters.yaml").write_text(text)
+    exec(compile(block, "README analysis", "exec"), {})
+    assert (tmp_path / "values.png").stat().st_size > 0
+    (swept,) = (tmp_path / "runs").glob("deffuant_clusters__*__sweep")
+    assert sim.open_run(swept).manifest["grid"]["points"] == 10
