@@ -130,7 +130,8 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("scenario", nargs="?", help="scenario YAML file with at least one group of kind rl")
     t.add_argument("--backend", default="sb3", help="sb3 (stable-baselines3) or torchrl (TorchRL's PPO, tensors on "
-                                                    "the device); both the rl extra")
+                                                    "the device), both the rl extra; rllib (RLlib's PPO on a local "
+                                                    "Ray instance, or RAY_ADDRESS; the ray extra)")
     t.add_argument("--algo", default="ppo", help="the backend's algorithm (default: ppo)")
     t.add_argument("--timesteps", type=int, default=50_000, help="agent-steps to train for (default: 50000)")
     t.add_argument("--worlds", type=int, help="worlds B stepped together (default: the scenario's worlds)")
@@ -330,7 +331,8 @@ def _train(args) -> int:
     else:
         ev = record["evaluation"]
         print(f"mean return per agent: {ev['return']:.4g} (random policy: {ev['random_return']:.4g})", file=sys.stderr)
-        print(f"policy: {path / ('policy.pt' if record['settings']['backend'] == 'torchrl' else 'policy.zip')}")
+        name = {"torchrl": "policy.pt", "rllib": "policy_rllib"}.get(record["settings"]["backend"], "policy.zip")
+        print(f"policy: {path / name}")
     return 0
 
 

@@ -382,3 +382,85 @@ def test_torchrl_learns_to_manipulate_and_to_protect_in_the_advice_protocol(name
     assert ev["return"] > ev["random_return"] + margin, ev
     if name == "train_advisor":
         assert json.loads((out / "policy.json").read_text())["action"] == "advice" and ev["return"] > 0.05, ev
+
+
+# ---------------------------------------------------------------- RLlib
+
+
+def test_the_rllib_env_equals_the_pettingzoo_env_on_its_stream():
+    pytest.importorskip("ray.rllib", reason="the ray extra: pip install 'valuesim[ray]'")
+    from sim.marl.rllib_env import RLlibEnv, env_config
+
+    scenario = _tiny()
+    env, single = RLlibEnv(env_config(scenario, seed=3, stream=5)), parallel_env(scenario, stream=5)
+    obs, _ = env.reset()
+    expected, _ = single.reset()
+    generator = torch.Generator().manual_seed(1)
+    for step in range(8):
+        assert obs.keys() == expected.keys() and all(np.array_equal(obs[a], expected[a]) for a in obs)
+        actions = {a: torch.rand(2, generator=generator).numpy() for a in env.possible_agents}
+        obs, rewards, terminated, truncated, _ = env.step(actions)
+        expected, single_rewards, _, single_truncated, _ = single.step(actions)
+        assert rewards == single_rewards and truncated["__all__"] == (step == 7) and not terminated["__all__"]
+    assert all(np.array_equal(obs[a], expected[a]) for a in obs)
+
+
+@pytest.fixture(scope="module")
+def trained_rllib(tmp_path_factory):
+    pytest.importorskip("ray.rllib", reason="the ray extra: pip install 'valuesim[ray]'")
+    import ray
+
+    from sim.marl.train import train
+
+    out = tmp_path_factory.mktemp("train_rllib") / "run"
+    # a local Ray instance (ray.init(num_cpus=1, include_dashboard=False)) started and shut down by train
+    train(SCENARIOS / "train_influencer.yaml", backend="rllib", timesteps=3840, worlds=8, device="cpu", seed=1,
+          out=out, algo_params={"n_steps": 60, "batch_size": 120, "learning_rate": 1e-3})
+    assert not ray.is_initialized()
+    return out
+
+
+def test_rllib_ppo_trains_a_few_iterations_and_beats_the_random_policy(trained_rllib):
+    record = json.loads((trained_rllib / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] == 3840 and "ray" in record["versions"]
+    ev = record["evaluation"]
+    assert ev["return"] > ev["random_return"] + 0.15, ev
+    evaluations = [json.loads(line) for line in (trained_rllib / "evaluations.jsonl").read_text().splitlines()]
+    assert len(evaluations) == 8 and evaluations[-1]["return"] > evaluations[0]["return"]
+    assert (trained_rllib / "checkpoints" / "policy_3840_steps").is_dir()
+
+
+def test_an_rllib_policy_round_trips_through_a_scenario(trained_rllib, tmp_path):
+    from sim.marl.policy import load_policy
+    from sim.marl.rllib_train import _mean_action
+    from sim.marl.spaces import from_symmetric
+    from sim.marl.train import evaluate
+
+    text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
+        "    rl:\n", f"    policy: {{trained: {{path: {trained_rllib}}}}}\n    rl:\n")
+    scenario = scenario_from_yaml(text)
+    simulation = sim.build(scenario, worlds=3)
+    policy, group = load_policy(trained_rllib), simulation.world.group("influencer")
+    for _ in range(5):
+        expected = policy.act(simulation.state, simulation.world, group)
+        simulation.step()
+        assert torch.equal(simulation.state.expressed[:, group.rows], expected.to(simulation.state.values.dtype))
+    record = json.loads((trained_rllib / "train.json").read_text())
+    value = evaluate(scenario, lambda obs: from_symmetric(_mean_action(policy.model.module, obs, (2,)),
+                                                          policy.action_space), record["settings"])
+    assert value == record["evaluation"]["return"]
+
+
+def test_an_interrupted_rllib_run_resumes_from_its_latest_checkpoint(trained_rllib, tmp_path):
+    import shutil
+
+    from sim.marl.train import resume
+
+    out = tmp_path / "run"
+    shutil.copytree(trained_rllib, out)
+    record = json.loads((out / "train.json").read_text())
+    record["status"], record["settings"]["timesteps"] = "interrupted", 4800
+    (out / "train.json").write_text(json.dumps(record))
+    resume(out)
+    record = json.loads((out / "train.json").read_text())
+    assert record["status"] == "complete" and record["timesteps_done"] == 4800 and "resumed" in record

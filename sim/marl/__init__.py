@@ -7,7 +7,9 @@
 - :class:`~sim.marl.sb3.SB3VecEnv`: stable-baselines3's ``VecEnv`` (the ``rl`` extra);
 - :class:`~sim.marl.torchrl_env.TorchRLEnv` (and ``sim.marl.torchrl_env.torchrl_env(scenario, B)``): TorchRL's ``EnvBase``
   with ``batch_size=[B]``, tensors on the device (the ``rl`` extra);
-- :func:`~sim.marl.train.train`: ``valuesim train`` (SB3's PPO, or TorchRL's: ``sim.marl.torchrl_train``), the trained policy saved in the run
+- :class:`~sim.marl.rllib_env.RLlibEnv`: RLlib's ``MultiAgentEnv`` of one world (the ``ray`` extra);
+- :func:`~sim.marl.train.train`: ``valuesim train`` (SB3's PPO, TorchRL's: ``sim.marl.torchrl_train``, or RLlib's:
+  ``sim.marl.rllib_train``), the trained policy saved in the run
   directory and named in a scenario as ``policy: {trained: {path: ...}}`` (``sim.marl.policy``).
 
 The RL libraries are imported only inside this package; a missing one names the extra to install.

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import ValuesimError
 
 _EXTRA = {"pettingzoo": "rl", "stable_baselines3": "rl", "supersuit": "rl", "torchrl": "rl", "tensordict": "rl",
-          "ray": "ray"}
+          "ray": "ray", "tree": "ray", "lz4": "ray", "ormsgpack": "ray"}
 
 
 def require(module: str) -> Any:

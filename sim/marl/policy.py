@@ -88,6 +88,12 @@ class LoadedPolicy:
 def load_policy(path: str | Path, deterministic: bool = True) -> LoadedPolicy:
     """The policy saved at ``path`` (its ``policy.zip`` or the directory holding it)."""
     path = Path(path)
+    if path.is_dir() and (path / SPEC_FILE).is_file() and \
+            json.loads((path / SPEC_FILE).read_text()).get("backend") == "rllib":
+        from .rllib_train import RLlibModel
+
+        spec = json.loads((path / SPEC_FILE).read_text())
+        return LoadedPolicy(RLlibModel.load(path / spec["file"]), spec, deterministic)
     if path.is_dir():
         zip_path = path / POLICY_FILE
         if not zip_path.is_file() and (path / TORCHRL_FILE).is_file():

@@ -16,7 +16,9 @@ policy.zip           the trained policy, with policy.json (what it observes and 
 
 Backends: ``sb3`` (stable-baselines3's PPO over :class:`~sim.marl.sb3.SB3VecEnv`), ``torchrl`` (TorchRL's
 ``ClipPPOLoss``, GAE and ``Collector`` over :class:`~sim.marl.torchrl_env.TorchRLEnv`, tensors on the
-device: ``sim.marl.torchrl_train``; its policy is ``policy.pt``, its checkpoints ``.pt``). The algorithm is the
+device: ``sim.marl.torchrl_train``; its policy is ``policy.pt``, its checkpoints ``.pt``), ``rllib`` (RLlib's PPO
+on a local Ray instance or ``RAY_ADDRESS``'s cluster over :class:`~sim.marl.rllib_env.RLlibEnv`:
+``sim.marl.rllib_train``; its policy is ``policy_rllib/``, its checkpoints directories). The algorithm is the
 library's; nothing here learns.
 """
 
@@ -40,8 +42,8 @@ from .spaces import from_symmetric
 from .policy import policy_spec, save_policy
 from .vector import VectorEnv
 
-BACKENDS = ("sb3", "torchrl")
-ALGOS = {"sb3": {"ppo": "PPO"}, "torchrl": {"ppo": "ClipPPOLoss"}}
+BACKENDS = ("sb3", "torchrl", "rllib")
+ALGOS = {"sb3": {"ppo": "PPO"}, "torchrl": {"ppo": "ClipPPOLoss"}, "rllib": {"ppo": "PPO"}}
 EVAL_STREAM = 1 << 20  # evaluation worlds run on streams from here: never the training worlds' streams
 Progress = Callable[[int, int], None]
 
@@ -94,7 +96,7 @@ def resume(run_dir: str | Path, *, progress_bar: bool = False) -> Path:
     record = json.loads(record_path.read_text())
     if record["status"] == "complete":
         raise ValuesimError(f"{path} is complete: nothing to resume")
-    suffix = ".pt" if record["settings"]["backend"] == "torchrl" else ".zip"
+    suffix = {"torchrl": ".pt", "rllib": ""}.get(record["settings"]["backend"], ".zip")  # rllib: directories
     checkpoints = sorted((path / "checkpoints").glob(f"policy_*_steps{suffix}"), key=lambda p: int(p.stem.split("_")[1]))
     if not checkpoints:
         raise ValuesimError(f"{path} has no checkpoint to resume from (checkpoints/ is empty)")
@@ -112,6 +114,10 @@ def _run(path: Path, scenario: Scenario, vector: VectorEnv, record: dict, resume
     settings = record["settings"]
     if settings["backend"] == "torchrl":
         from .torchrl_train import run
+
+        return run(path, scenario, vector, record, resume_from, progress_bar)
+    if settings["backend"] == "rllib":
+        from .rllib_train import run
 
         return run(path, scenario, vector, record, resume_from, progress_bar)
     sb3 = require("stable_baselines3")
@@ -234,7 +240,7 @@ def _versions() -> dict[str, str]:
     from importlib import metadata
 
     out = versions()
-    for dist in ("gymnasium", "pettingzoo", "stable-baselines3", "torchrl", "tensordict", "tensorboard"):
+    for dist in ("gymnasium", "pettingzoo", "stable-baselines3", "torchrl", "tensordict", "ray", "tensorboard"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
