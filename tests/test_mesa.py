@@ -79,3 +79,80 @@ def test_bad_reading_names_the_metric(scenario):
     model = sim.mesa.ValuesimModel(scenario)
     with pytest.raises(sim.ScenarioError, match="no reading 'drift'"):
         model.reading("drift")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_http(url: str, server, seconds: float) -> bool:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
+STEP_BUTTON = "[...document.querySelectorAll('button')].find(b => b.innerText.trim().toUpperCase() == 'STEP').click()"
+FIGURES_DRAWN = "[...document.images].filter(i => i.complete && i.naturalWidth > 200).length >= 2"
+
+
+def test_viz_serves_a_page_that_steps(scenario, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("solara", reason="valuesim viz needs solara (the mesa extra)")
+    from sim.analysis.report import find_browser
+    from sim.analysis.viz import watch_page
+
+    if find_browser() is None:
+        pytest.skip("no Chromium on this machine (make test installs Debian's chromium when it runs as root)")
+    port = _free_port()
+    valuesim = Path(sys.executable).with_name("valuesim")
+    server = subprocess.Popen([str(valuesim), "viz", str(scenario), "--port", str(port)], start_new_session=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        assert _wait_for_http(url, server, 120), "the viz server did not answer"
+        seen = watch_page(url, f"{FIGURES_DRAWN} && document.body.innerText.includes('Step: 0')",
+                          then=[(STEP_BUTTON, f"{FIGURES_DRAWN} && document.body.innerText.includes('Step: 1')")],
+                          timeout=90, screenshot=tmp_path / "viz.png")
+        assert seen.ready, "the page did not draw its figures, or did not step"
+        assert [c for c in seen.console if c["level"] in ("error", "exception")] == []
+        assert "valuesim: small" in seen.dom
+        if os.environ.get("VALUESIM_SCREENSHOT_VIZ"):
+            import shutil
+
+            shutil.copyfile(tmp_path / "viz.png", os.environ["VALUESIM_SCREENSHOT_VIZ"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the group: valuesim and the Solara server it started
+        output = server.communicate(timeout=60)[0]
+    assert server.returncode == 0, output[-2000:]
+    import socket
+
+    with socket.socket() as probe:  # nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_viz_refuses_a_large_population(tmp_path, capsys):
+    from sim.cli import main
+
+    path = tmp_path / "big.yaml"
+    path.write_text(yaml.safe_dump(small_scenario()))
+    assert main(["viz", str(path), "--set", "population.people.count=5000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "5,030 agents is too many to watch (at most 2,000" in err[0]
