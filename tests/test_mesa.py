@@ -156,3 +156,18 @@ def test_viz_refuses_a_large_population(tmp_path, capsys):
     assert main(["viz", str(path), "--set", "population.people.count=5000"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "5,030 agents is too many to watch (at most 2,000" in err[0]
+
+
+def test_the_readme_mesa_example_runs(monkeypatch):
+    import re
+
+    from conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    readme = (REPO / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "sim.mesa.ValuesimModel" in b]
+    namespace: dict = {}
+    exec(compile(block, "README Mesa", "exec"), namespace)
+    assert namespace["model"].step_count == 20
+    frame = pd.DataFrame(namespace["rows"])
+    assert sorted(frame["seed"].unique()) == [1, 2] and len(frame) == 2 * 200
