@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import sim
-from conftest import small_scenario
+from tests.conftest import small_scenario
 
 mesa = pytest.importorskip("mesa", reason="the mesa extra is not installed (pip install 'valuesim[mesa]')")
 
@@ -161,7 +161,7 @@ def test_viz_refuses_a_large_population(tmp_path, capsys):
 def test_the_readme_mesa_example_runs(monkeypatch):
     import re
 
-    from conftest import REPO
+    from tests.conftest import REPO
 
     monkeypatch.chdir(REPO)
     readme = (REPO / "README.md").read_text()

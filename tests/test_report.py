@@ -13,20 +13,16 @@ import io
 import os
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+import yaml
 
 import sim
 from sim.analysis import plots
-from sim.analysis.report import SECTIONS, browse, find_browser, report
+from sim.analysis.report import SECTIONS, browse, find_browser
 from sim.cli import main
-
-from conftest import REPO, small_scenario
-
-import yaml
+from tests.conftest import REPO, small_scenario
 
 
 @pytest.fixture(scope="module")
