@@ -27,11 +27,12 @@ HUMANS = 150
 
 def coevolution(ai_init, *, rule=None, share=0.3, trust=1.0, n=HUMANS, n_ai=5, confidence=0.4, anchoring=0.1,
                 drift=None, counterfactual=True, metrics=("diversity", "lock_in", "alignment_gap"), seed=1,
-                protocol="trusted_broadcast", protocol_params=None, noise=0.0, ai=True):
+                protocol="trusted_broadcast", protocol_params=None, noise=0.0, ai=True, absence=None):
     """People (and, last, an AI group reaching them by trusted_broadcast) in two value dimensions.
 
     The AI is off the network (a stochastic block model with no AI edges) and a zealot: only its alignment
-    rule moves it, and it reaches people only through the protocol.
+    rule moves it, and it reaches people only through the protocol. ``absence``: Deffuant's rule for
+    absent agents (None: its default).
     """
     people = {"name": "people", "count": n, "confidence": confidence, "rate": 0.3}
     if anchoring:
@@ -39,7 +40,8 @@ def coevolution(ai_init, *, rule=None, share=0.3, trust=1.0, n=HUMANS, n_ai=5, c
     population = [people]
     if ai:
         population.append({"name": "ai", "kind": "ai", "count": n_ai, "init": ai_init, "zealots": 1.0})
-    dynamics = ["deffuant"] + (["friedkin_johnsen"] if anchoring else []) + ([{"drift": drift}] if drift else [])
+    dynamics = ["deffuant" if absence is None else {"deffuant": {"absence": absence}}]
+    dynamics += (["friedkin_johnsen"] if anchoring else []) + ([{"drift": drift}] if drift else [])
     dynamics += [{"noise": {"sigma": noise}}] if noise else []
     spec = {"name": "coevolution_test", "seed": seed, "steps": 30, "values": ["economic", "social"],
             "network": {"generator": "stochastic_block",
@@ -321,7 +323,8 @@ def test_a_trajectory_file_over_the_size_limit_is_refused(tmp_path, monkeypatch)
 
 def test_a_counterfactual_world_is_the_scenario_rebuilt_without_the_ai_bit_for_bit():
     rule = {"follow": {"ai": "ai", "rate": 0.3, "feedback": "preferences"}}
-    kwargs = dict(drift={"trend": 0.002}, noise=0.002, metrics=[], n=120)
+    # the rebuilt rule: twins without the AI (the last group) draw the pairs of the scenario without it
+    kwargs = dict(drift={"trend": 0.002}, noise=0.002, metrics=[], n=120, absence="rebuilt")
     twins = sim.build(coevolution({"dist": "constant", "value": 0.8}, rule=rule, share=0.5, **kwargs), worlds=2)
     alone = sim.build(coevolution(None, ai=False, **kwargs), worlds=2)
     assert twins.rng.stream.tolist() == [0, 1, 0, 1]

@@ -108,8 +108,8 @@ def test_hegselmann_krause_kernels_equal_the_reference(kernel, distance):
         np.testing.assert_allclose(got[w].numpy(), want, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_algorithmic_bias_equals_the_reference_fed_the_streams_draws(masked):
+@pytest.mark.parametrize("masked,rule", [(False, "aligned"), (True, "aligned"), (True, "rebuilt")])
+def test_algorithmic_bias_equals_the_reference_fed_the_streams_draws(masked, rule):
     b, n, k = 2, 50, 2
     g = torch.Generator().manual_seed(5)
     values = torch.rand((b, n, k), generator=g)
@@ -119,10 +119,10 @@ def test_algorithmic_bias_equals_the_reference_fed_the_streams_draws(masked):
         state.active[0, ::4] = False
         state.active[1, 10:30] = False
     rng = Streams.of(5, b).at(3)
-    dyn = AlgorithmicBias(AlgorithmicBias.Params(gamma=2.0, pairs_per_agent=4.0))
+    dyn = AlgorithmicBias(AlgorithmicBias.Params(gamma=2.0, pairs_per_agent=4.0, absence=rule))
     got = dyn.apply(values, values, state, world, rng)
-    count, used = pair_counts(4.0, n, state.active if masked else None)
-    focal = focal_agents(n, count, rng, "algorithmic_bias/focal", state.active if masked else None, used)
+    count, used = pair_counts(4.0, n, state.active if masked else None, rule)
+    focal = focal_agents(n, count, rng, "algorithmic_bias/focal", state.active if masked else None, used, rule)
     u = rng.uniform("algorithmic_bias/partner", (b, count), torch.float64)
     net = world.network
     for w in range(b):
@@ -205,52 +205,61 @@ def _expressed(state, seed=9):
     return torch.rand(state.values.shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_kernels_draw_the_pairs_of_sample_pairs_and_of_the_reference(masked):
+@pytest.mark.parametrize("masked,rule", [(False, "aligned"), (True, "aligned"), (True, "rebuilt")])
+def test_kernels_draw_the_pairs_of_sample_pairs_and_of_the_reference(masked, rule):
     world, state = _masked_world(masked=masked)
     b, n = state.active.shape
     rng = Streams.of(4, [0, 5, 9]).at(2)
     active = state.active if masked else None
-    count, used = pair_counts(1.5, n, active)
+    count, used = pair_counts(1.5, n, active, rule)
     used_np = (torch.full((b,), count) if used is None else used).numpy()
     net = world.network
-    focal, partner = sample_pairs(net, count, rng, "deffuant", active, used)
+    focal, partner = sample_pairs(net, count, rng, "deffuant", active, used, rule)
     got_focal, got_partner = _numba.draw_pairs(net.rowptr.numpy(), net.col.numpy(), rng.key("deffuant/focal").numpy(),
                                                rng.key("deffuant/partner").numpy(), count, used_np,
-                                               state.active.numpy(), masked)
+                                               state.active.numpy(), masked, rule == "aligned")
     np.testing.assert_array_equal(got_focal, focal.numpy())
     np.testing.assert_array_equal(got_partner, partner.numpy())
     u_focal = rng.uniform("deffuant/focal", (b, count), torch.float64)
     u_partner = rng.uniform("deffuant/partner", (b, count), torch.float64)
     for w in range(b):
         want = pairs_reference(net.rowptr.numpy(), net.col.numpy(), state.active[w].numpy(), u_focal[w].numpy(),
-                               u_partner[w].numpy(), int(used_np[w]))
+                               u_partner[w].numpy(), int(used_np[w]), rule)
         np.testing.assert_array_equal(focal[w].numpy(), want[0])
         np.testing.assert_array_equal(partner[w].numpy(), want[1])
     drawn = partner >= 0
     assert drawn.any()
     assert state.active.gather(1, focal.clamp_min(0))[focal >= 0].all(), "an absent agent was a focal agent"
     assert state.active.gather(1, partner.clamp_min(0))[drawn].all(), "an absent agent was a partner"
-    if masked:
+    if masked and rule == "rebuilt":
         m = state.active.sum(1)
         assert used.tolist() == [round(1.5 * int(v)) if v else 0 for v in m], "the rate per agent changed"
+    if masked and rule == "aligned":
+        # every slot is used; the focal agent is the unmasked draw, kept where it is present
+        assert used.tolist() == [count] * b
+        unmasked = focal_agents(n, count, rng, "deffuant/focal")
+        assert torch.equal(focal, torch.where(state.active.gather(1, unmasked), unmasked, -1))
+        assert ((focal == -1) & (partner == -1)).any(1)[:2].all(), "no slot of an absent agent was spent"
+    if masked:
         assert (focal[2] == -1).all() and (partner[0][focal[0] == n - 1] == -1).all()
 
 
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("masked,fixed,repulsion", [(False, False, None), (True, False, 0.7), (True, True, None),
                                                     (False, True, 0.7)])
-def test_the_compiled_step_equals_the_torch_step_and_the_reference_bit_for_bit(distance, masked, fixed, repulsion):
+@pytest.mark.parametrize("rule", ["aligned", "rebuilt"])
+def test_the_compiled_step_equals_the_torch_step_and_the_reference_bit_for_bit(distance, masked, fixed, repulsion,
+                                                                                rule):
     world, state = _masked_world(masked=masked, fixed=fixed)
     b, n = state.active.shape
     expressed = _expressed(state) if fixed else state.values
     rng = Streams.of(8, b).at(5)
-    params = dict(distance=distance, repulsion=repulsion, pairs_per_agent=3.0)
+    params = dict(distance=distance, repulsion=repulsion, pairs_per_agent=3.0, absence=rule)
     got = Deffuant(Deffuant.Params(kernel="numba", **params)).apply(state.values, expressed, state, world, rng)
     torch_step = Deffuant(Deffuant.Params(kernel="torch", **params)).apply(state.values, expressed, state, world, rng)
     assert torch.equal(got, torch_step)
-    count, used = pair_counts(3.0, n, state.active if masked else None)
-    focal, partner = sample_pairs(world.network, count, rng, "deffuant", state.active if masked else None, used)
+    count, used = pair_counts(3.0, n, state.active if masked else None, rule)
+    focal, partner = sample_pairs(world.network, count, rng, "deffuant", state.active if masked else None, used, rule)
     for w in range(b):
         want = deffuant_reference(state.values[w].numpy(), focal[w].numpy(), partner[w].numpy(),
                                   world.params.confidence[w].numpy(), world.params.rate[w].numpy(), distance,
@@ -262,7 +271,8 @@ def test_the_compiled_step_equals_the_torch_step_and_the_reference_bit_for_bit(d
 
 @pytest.mark.parametrize("pipeline", [False, True])
 @pytest.mark.parametrize("b", [1, 3])
-def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b):
+@pytest.mark.parametrize("rule", ["aligned", "rebuilt"])
+def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b, rule):
     # small chunks, so that the drawing thread hands over many chunks and the last one is short
     monkeypatch.setattr(_numba, "PIPELINE_CHUNK", 1000)
     n, k = 2000, 4
@@ -270,7 +280,7 @@ def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b):
     world, state = make_world(values, nx.erdos_renyi_graph(n, 0.005, seed=2), confidence=_hetero(b, n, 0.2, 0.5, 3),
                               rate=0.3)
     state.active[:, 100:150] = False
-    count, used = pair_counts(2.3, n, state.active)
+    count, used = pair_counts(2.3, n, state.active, rule)
     rng = Streams.of(2, b).at(1)
     net = world.network
     x = torch.full_like(values, np.nan)
@@ -278,8 +288,8 @@ def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b):
                     net.rowptr.numpy(),
                     net.col.numpy(), rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(),
                     used.numpy(), state.active.numpy(), True, world.params.confidence.numpy(),
-                    world.params.rate.numpy(), 0, np.inf, pipeline=pipeline)
-    focal, partner = sample_pairs(net, count, rng, "deffuant", state.active, used)
+                    world.params.rate.numpy(), 0, np.inf, pipeline=pipeline, aligned=rule == "aligned")
+    focal, partner = sample_pairs(net, count, rng, "deffuant", state.active, used, rule)
     want = Deffuant(Deffuant.Params(kernel="torch")).apply_pairs(values, values, world, focal, partner)
     assert torch.equal(x, want)
 
@@ -293,8 +303,8 @@ def _two_group_scenario(dynamics, network, masked_last=True, seed=11):
             "population": groups, "dynamics": [dynamics], "metrics": []}
 
 
-@pytest.mark.parametrize("dynamics", [{"deffuant": {"pairs_per_agent": 1.3}},
-                                      {"algorithmic_bias": {"gamma": 1.5}}])
+@pytest.mark.parametrize("dynamics", [{"deffuant": {"pairs_per_agent": 1.3, "absence": "rebuilt"}},
+                                      {"algorithmic_bias": {"gamma": 1.5, "absence": "rebuilt"}}])
 def test_a_world_without_its_last_group_is_the_scenario_rebuilt_without_it(dynamics):
     from sim import build, scenario_from_dict
 
@@ -315,7 +325,7 @@ def test_a_world_without_a_middle_group_is_the_scenario_on_the_induced_graph():
     # CSR order of their neighbours, so the draws pick the same agents.
     from sim import build, scenario_from_dict
 
-    data = _two_group_scenario({"deffuant": {}}, {"generator": "complete"}, masked_last=False)
+    data = _two_group_scenario({"deffuant": {"absence": "rebuilt"}}, {"generator": "complete"}, masked_last=False)
     n = 55
     graph = nx.erdos_renyi_graph(n, 0.15, seed=4)
     edges = np.array(graph.edges(), dtype=np.int64)
@@ -328,17 +338,19 @@ def test_a_world_without_a_middle_group_is_the_scenario_on_the_induced_graph():
     assert torch.equal(masked.state.values[0, 15:], rebuilt.state.values[0])
 
 
-def test_over_seeds_a_masked_group_matches_the_rebuilt_scenario_on_a_random_graph():
+@pytest.mark.parametrize("rule", ["aligned", "rebuilt"])
+def test_over_seeds_a_masked_group_matches_the_rebuilt_scenario_on_a_random_graph(rule):
     # G(N, p) restricted to the active agents is G(N', p): the masked world and the rebuilt scenario
     # draw different graphs, so only their distributions agree. The statistic is the distance moved
     # per active agent in three steps: it would be N / N' = 1.4 times larger if absent agents' draws
-    # were given to the others, and smaller if they were spent.
+    # were given to the others, and smaller if they were spent without slots for the others to
+    # make up for them (aligned draws N / N' times as many slots as rebuilt; both keep the rate).
     from sim import build, scenario_from_dict
 
     network = {"generator": "erdos_renyi", "params": {"p": 0.08}}
     moved = {"masked": [], "rebuilt": []}
     for seed in range(40):
-        data = _two_group_scenario({"deffuant": {}}, network, seed=seed)
+        data = _two_group_scenario({"deffuant": {"absence": rule}}, network, seed=seed)
         data["population"][1]["count"] = 16
         masked = build(scenario_from_dict(data), worlds=1)
         masked.state.active[0, 40:] = False

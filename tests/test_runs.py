@@ -54,7 +54,8 @@ def test_run_writes_the_whole_log(tmp_path, write_scenario):
     assert list(values.columns) == ["world", "step", "agent", "group", "a", "b"]
     assert len(values) == 5 * 180 and values["a"].between(0, 1).all()
     assert view.scenario["dynamics"][0] == {"deffuant": {"distance": "l2", "pairs_per_agent": 1.0,
-                                                          "repulsion": None, "kernel": "auto"}}
+                                                          "repulsion": None, "kernel": "auto",
+                                                          "absence": "aligned"}}
     assert [e["event"] for e in view.events()] == ["started", "complete"]
     assert isinstance(view.metrics(as_="arrow"), __import__("pyarrow").Table)
 

@@ -59,6 +59,81 @@ def test_twins_that_differ_in_one_agent_agree_where_that_agent_cannot_reach(dyna
     assert not torch.equal(after[0, 30:], after[1, 30:]), "the agent that differs changed nothing"
 
 
+def _two_components():
+    """Agents 0-29 and 30-63 (the zealots 60-63 sit in the second), as an edge list."""
+    first = nx.watts_strogatz_graph(30, 4, 0.3, seed=1)
+    second = nx.relabel_nodes(nx.watts_strogatz_graph(34, 4, 0.3, seed=2), {i: i + 30 for i in range(34)})
+    return np.array(list(first.edges()) + list(second.edges()), dtype=np.int64)
+
+
+@pytest.mark.parametrize("dynamics", [[{"deffuant": {}}], [{"algorithmic_bias": {"gamma": 2.0}}],
+                                      [{"deffuant": {"kernel": "torch"}}],
+                                      [{"deffuant": {"pairs_per_agent": 1.5}}, {"algorithmic_bias": {"gamma": 1.0}},
+                                       {"noise": {"sigma": 0.01, "share": 0.5}}]])
+def test_twins_that_differ_in_one_agents_presence_agree_where_that_agent_cannot_reach(dynamics):
+    # Under the default absence rule (aligned) an absent agent's slots are spent where they are: the
+    # other component draws the very pairs it draws when the agent is there.
+    twins = sim.build(_scenario(dynamics), streams=[4, 4], network=_two_components())
+    twins.state.active[1, 45] = False  # one agent of the second component is absent in one twin
+    twins.advance(8)
+    after = twins.state.values
+    assert torch.equal(after[0, :30], after[1, :30])
+    assert not torch.equal(after[0, 30:], after[1, 30:]), "the agent's absence changed nothing"
+
+
+def test_under_the_rebuilt_rule_one_agents_absence_moves_every_draw():
+    # The control: ranks among the active agents shift, so the unreachable component diverges too.
+    dynamics = [{"deffuant": {"absence": "rebuilt"}}]
+    twins = sim.build(_scenario(dynamics), streams=[4, 4], network=_two_components())
+    twins.state.active[1, 45] = False
+    twins.advance(8)
+    assert not torch.equal(twins.state.values[0, :30], twins.state.values[1, :30])
+
+
+def test_under_aligned_absence_a_present_agent_interacts_at_its_rate_without_the_absent_ones():
+    # A masked world (agents 40-59 absent) against the world built on the 40 others' induced graph,
+    # over 1500 worlds (seeds x streams): each present agent's mean number of interactions per step
+    # (as focal agent or partner) must agree. Spending the absent agents' slots without drawing
+    # N / m = 1.5 times as many slots would cut it by a third; giving them to the others would raise it.
+    from sim.core.pairing import pair_counts, sample_pairs
+    from sim.core.network import edges_to_network
+
+    n, m, per_agent = 60, 40, 1.0
+    graph = nx.erdos_renyi_graph(n, 0.15, seed=3)
+    full, induced = edges_to_network(n, graph), edges_to_network(m, graph.subgraph(range(m)))
+    per_seed = 300
+    active = torch.ones((per_seed, n), dtype=torch.bool)
+    active[:, m:] = False
+
+    def interactions(focal, partner, size):
+        met = partner >= 0
+        counts = torch.zeros((focal.shape[0], size), dtype=torch.float64)
+        ones = torch.ones_like(focal, dtype=torch.float64)
+        counts.scatter_add_(1, focal.clamp_min(0), torch.where(met, ones, 0.0))
+        counts.scatter_add_(1, partner.clamp_min(0), torch.where(met, ones, 0.0))
+        return counts
+
+    masked, alone = [], []
+    for seed in range(5):
+        rng = Streams.of(seed, per_seed).at(seed)
+        count, used = pair_counts(per_agent, n, active, "aligned")
+        assert used.tolist() == [count] * per_seed
+        focal, partner = sample_pairs(full, count, rng, "deffuant", active, used, "aligned")
+        assert not active.gather(1, focal.clamp_min(0))[focal >= 0].logical_not().any(), "an absent focal agent"
+        masked.append(interactions(focal, partner, n)[:, :m])
+        other = Streams.of(100 + seed, per_seed)
+        focal, partner = sample_pairs(induced, pair_counts(per_agent, m)[0], other, "deffuant")
+        alone.append(interactions(focal, partner, m))
+    a, c = torch.cat(masked).numpy(), torch.cat(alone).numpy()
+    se = np.sqrt(a.var(0, ddof=1) / len(a) + c.var(0, ddof=1) / len(c))
+    z = (a.mean(0) - c.mean(0)) / se
+    assert np.abs(z).max() < 4.5, (np.abs(z).max(), a.mean(), c.mean())  # 40 agents: |z| > 4.5 has p ~ 3e-4
+    overall = a.sum(1).mean() - c.sum(1).mean()
+    overall_se = np.sqrt(a.sum(1).var(ddof=1) / len(a) + c.sum(1).var(ddof=1) / len(c))
+    assert abs(overall) < 4 * overall_se, (a.sum(1).mean(), c.sum(1).mean(), overall_se)
+    assert c.sum(1).mean() / 3 > 4 * overall_se, "the test could not tell a change of a third in the rate"
+
+
 def test_draws_of_a_hundred_streams_look_independent():
     rng = Streams.of(12345, 100).at(3)
     u = rng.uniform("independence", (100, 20_000), torch.float64).numpy()

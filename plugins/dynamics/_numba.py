@@ -82,12 +82,15 @@ def _active_order(active, order):
 
 
 @njit(cache=True, nogil=True)
-def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, n_active, focal, partner):
+def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, aligned, active, order, n_active, focal,
+                partner):
     """Pairs of draw slots ``lo:hi`` of one world into ``focal[:hi-lo]``, ``partner[:hi-lo]``.
 
-    The focal agent is the ``floor(u * m)``-th active agent (``order``) and
-    the partner the ``floor(u' * d)``-th of its ``d`` active neighbours, ``u``
-    and ``u'`` the slot's draws of the two purposes. Without a mask
+    Under a mask the focal agent is agent ``floor(u * N)`` if it is active and
+    -1 (a spent slot) if not (``aligned``; ``n_active`` is N, ``order``
+    unused), or the ``floor(u * m)``-th active agent (``order``; rebuilt);
+    the partner is the ``floor(u' * d)``-th of its ``d`` active neighbours,
+    ``u`` and ``u'`` the slot's draws of the two purposes. Without a mask
     (``masked`` False; ``active`` and ``order`` unused) that is agent
     ``floor(u * N)`` and neighbour ``col[rowptr[i] + floor(u' * degree)]``.
     A focal agent with no (active) neighbour gets partner -1.
@@ -95,11 +98,24 @@ def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, ord
     Three passes, each prefetching what the next reads: focal agents (their
     CSR rows), the picked edges (their ``col`` entries), the partners.
     """
-    for s in range(lo, hi):
-        rank = _below(key_focal, s, n_active)
-        i = order[rank] if masked else rank
-        focal[s - lo] = i
-        _prefetch(rowptr, i)
+    if not masked:
+        for s in range(lo, hi):
+            i = _below(key_focal, s, n_active)
+            focal[s - lo] = i
+            _prefetch(rowptr, i)
+    elif aligned:
+        for s in range(lo, hi):
+            i = _below(key_focal, s, n_active)
+            if active[i]:
+                focal[s - lo] = i
+                _prefetch(rowptr, i)
+            else:
+                focal[s - lo] = -1
+    else:
+        for s in range(lo, hi):
+            i = order[_below(key_focal, s, n_active)]
+            focal[s - lo] = i
+            _prefetch(rowptr, i)
     if masked:
         _masked_partners(rowptr, col, key_partner, lo, hi, active, focal, partner)
         return
@@ -122,10 +138,26 @@ def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, ord
 
 @njit(cache=True, nogil=True)
 def _masked_partners(rowptr, col, key_partner, lo, hi, active, focal, partner):
-    """Each focal agent's ``floor(u' * d)``-th active neighbour (CSR order), or -1 if it has none."""
+    """Each focal agent's ``floor(u' * d)``-th active neighbour (CSR order), or -1 if it has none (or is -1).
+
+    Prefetched ahead: the ``col`` row of the focal agent ``2 * AHEAD`` slots on (its ``rowptr`` entry
+    already was), and the ``active`` flags of the neighbours of the one ``AHEAD`` slots on.
+    """
     for s in range(lo, hi):
         q = s - lo
+        if s + 2 * AHEAD < hi:
+            ahead = focal[q + 2 * AHEAD]
+            if ahead >= 0 and rowptr[ahead + 1] > rowptr[ahead]:
+                _prefetch(col, rowptr[ahead])
+        if s + AHEAD < hi:
+            ahead = focal[q + AHEAD]
+            if ahead >= 0:
+                for e in range(rowptr[ahead], rowptr[ahead + 1]):
+                    _prefetch(active, col[e])
         i = focal[q]
+        if i < 0:
+            partner[q] = -1
+            continue
         start = rowptr[i]
         degree = rowptr[i + 1] - start
         live = 0
@@ -146,21 +178,22 @@ def _masked_partners(rowptr, col, key_partner, lo, hi, active, focal, partner):
 
 
 @njit(cache=True)
-def draw_pairs(rowptr, col, keys_focal, keys_partner, count, used, active, masked):
-    """``[B, count]`` focal and partner arrays as the kernels draw them (-1 and -1 in unused slots).
+def draw_pairs(rowptr, col, keys_focal, keys_partner, count, used, active, masked, aligned=True):
+    """``[B, count]`` focal and partner arrays as the kernels draw them (-1 and -1 in unused and spent slots).
 
-    ``used`` [B]: slots each world uses; ``active`` [B, N] bool (read when ``masked``).
-    The same pairs as ``sim.core.pairing.sample_pairs``.
+    ``used`` [B]: slots each world uses; ``active`` [B, N] bool (read when
+    ``masked``); ``aligned``: the absence rule (False: rebuilt). The same
+    pairs as ``sim.core.pairing.sample_pairs``.
     """
     b_worlds, n = active.shape
     focal = np.full((b_worlds, count), -1, np.int64)
     partner = np.full((b_worlds, count), -1, np.int64)
     order = np.empty(n, np.int64)
     for b in range(b_worlds):
-        m = _active_order(active[b], order) if masked else n
+        m = _active_order(active[b], order) if masked and not aligned else n
         if m == 0 or used[b] == 0:
             continue
-        _draw_pairs(rowptr, col, np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), 0, used[b], masked,
+        _draw_pairs(rowptr, col, np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), 0, used[b], masked, aligned,
                     active[b], order, m, focal[b], partner[b])
     return focal, partner
 
@@ -315,26 +348,27 @@ def apply_pairs(x, shown, fixed, focal, partner, eps, mu, metric, repulse):
 
 
 @njit(cache=True, nogil=True)
-def _deffuant_world(x, shown, fixed, any_fixed, rowptr, col, key_focal, key_partner, used, masked, active, eps,
-                    eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_world(x, shown, fixed, any_fixed, rowptr, col, key_focal, key_partner, used, masked, aligned, active,
+                    eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """One world's step on one thread: draw ``CHUNK`` pairs, apply them, repeat."""
     n = x.shape[0]
-    order = np.empty(n if masked else 1, np.int64)
-    m = _active_order(active, order) if masked else n
+    rebuilt = masked and not aligned
+    order = np.empty(n if rebuilt else 1, np.int64)
+    m = _active_order(active, order) if rebuilt else n
     if m == 0:
         return
     focal = np.empty(CHUNK, np.int64)
     partner = np.empty(CHUNK, np.int64)
     for lo in range(0, used, CHUNK):
         hi = min(lo + CHUNK, used)
-        _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, m, focal, partner)
+        _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, aligned, active, order, m, focal, partner)
         _apply_pairs(x, shown, fixed, any_fixed, focal, partner, hi - lo, eps, eps_uniform, mu, mu_uniform,
                      metric, repulse)
 
 
 @njit(cache=True, nogil=True)
-def _deffuant_serial(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
-                     eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_serial(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active,
+                     eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """Worlds one after another on the calling thread (no hand-off to a thread pool)."""
     for b in range(x.shape[0]):
         _copy(values[b], x[b])
@@ -342,13 +376,13 @@ def _deffuant_serial(values, x, shown, fixed, rowptr, col, keys_focal, keys_part
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
         _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
-                        np.uint64(keys_partner[b]), used[b], masked, active[b], eb, eps_uniform[b], mb,
+                        np.uint64(keys_partner[b]), used[b], masked, aligned, active[b], eb, eps_uniform[b], mb,
                         mu_uniform[b], metric, repulse)
 
 
 @njit(cache=True, parallel=True)
-def _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
-                     eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active,
+                     eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """Worlds in parallel, each on one thread (which also copies its world's values in)."""
     for b in prange(x.shape[0]):
         _copy(values[b], x[b])
@@ -356,13 +390,13 @@ def _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_part
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
         _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
-                        np.uint64(keys_partner[b]), used[b], masked, active[b], eb, eps_uniform[b], mb,
+                        np.uint64(keys_partner[b]), used[b], masked, aligned, active[b], eb, eps_uniform[b], mb,
                         mu_uniform[b], metric, repulse)
 
 
 @njit(cache=True, nogil=True)
-def _pipeline_draw(rowptr, col, key_focal, key_partner, lo, hi, masked, active, order, m, focal, partner):
-    _draw_pairs(rowptr, col, np.uint64(key_focal), np.uint64(key_partner), lo, hi, masked, active, order, m,
+def _pipeline_draw(rowptr, col, key_focal, key_partner, lo, hi, masked, aligned, active, order, m, focal, partner):
+    _draw_pairs(rowptr, col, np.uint64(key_focal), np.uint64(key_partner), lo, hi, masked, aligned, active, order, m,
                 focal, partner)
 
 
@@ -394,8 +428,8 @@ def _drawer() -> ThreadPoolExecutor:
         return _DRAWER[1]
 
 
-def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_partner, used, masked, active, eps,
-                        eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_partner, used, masked, aligned, active,
+                        eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """One world's step on two threads: a helper draws chunks into a ring of buffers, this thread applies them.
 
     The two threads first copy the values into ``x`` half each (a fresh
@@ -405,8 +439,9 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
     gracefully instead of spinning.
     """
     n = x.shape[0]
-    order = np.empty(n if masked else 1, np.int64)
-    m = _pipeline_order(active, order) if masked else n
+    rebuilt = masked and not aligned
+    order = np.empty(n if rebuilt else 1, np.int64)
+    m = _pipeline_order(active, order) if rebuilt else n
     if m == 0 or used == 0:
         _copy(values, x)
         return
@@ -423,8 +458,8 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
                 if stop.is_set():
                     return
             focal, partner = buffers[c % RING]
-            _pipeline_draw(rowptr, col, key_focal, key_partner, lo, min(lo + size, used), masked, active, order, m,
-                           focal, partner)
+            _pipeline_draw(rowptr, col, key_focal, key_partner, lo, min(lo + size, used), masked, aligned, active,
+                           order, m, focal, partner)
             ready.release()
             if c == 0:
                 _copy(values[half:], x[half:])
@@ -454,13 +489,14 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
 
 
 def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, active, masked, eps, mu,
-             metric, repulse, pipeline: bool | None = None, eps_uniform=None, mu_uniform=None):
+             metric, repulse, pipeline: bool | None = None, eps_uniform=None, mu_uniform=None, aligned: bool = True):
     """One Deffuant step of B worlds: ``x`` (any contents) becomes ``values`` [B, N, K] float32 after the step.
 
     ``shown`` [B, N, K]: what agents marked in ``fixed`` [B or 1, N] show
     instead of their values; ``keys_focal``, ``keys_partner`` [B] int64: the
     worlds' ``Streams.key`` of the two purposes; ``used`` [B]: pairs drawn
-    per world; ``active`` [B, N] bool, read when ``masked``; ``eps``, ``mu``
+    per world; ``active`` [B, N] bool, read when ``masked``, under the
+    absence rule ``aligned`` (False: rebuilt; ``sim.core.pairing``); ``eps``, ``mu``
     [B or 1, N] float32. With at least as many worlds as threads the worlds
     run in parallel, each on one thread; with fewer, a long step
     (``PIPELINE_MIN_PAIRS``) is pipelined on two threads and a short one
@@ -476,7 +512,7 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
         pipeline = threads > 1 and x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
     if not pipeline:
         drive = _deffuant_worlds if threads > 1 and x.shape[0] >= threads else _deffuant_serial
-        drive(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, active, eps,
+        drive(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active, eps,
               eps_uniform, mu, mu_uniform, metric, repulse)
         return
     for b in range(x.shape[0]):
@@ -484,7 +520,8 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
             return a[0] if a.shape[0] == 1 else a[b]
 
         _deffuant_pipelined(values[b], x[b], shown[b], row(fixed), rowptr, col, int(keys_focal[b]),
-                            int(keys_partner[b]), int(used[b]), masked, active[b], row(eps), bool(eps_uniform[b]),
+                            int(keys_partner[b]), int(used[b]), masked, aligned, active[b], row(eps),
+                            bool(eps_uniform[b]),
                             row(mu), bool(mu_uniform[b]), metric, repulse)
 
 
@@ -509,13 +546,14 @@ def constant_rows(values):
 
 
 @njit(cache=True, nogil=True)
-def _bias_world(x, shown, fixed, any_fixed, masked, active, rowptr, col, key_focal, key_partner, used, eps, mu,
-                metric, repulse, gamma, floor):
+def _bias_world(x, shown, fixed, any_fixed, masked, aligned, active, rowptr, col, key_focal, key_partner, used, eps,
+                mu, metric, repulse, gamma, floor):
     """One world's draws in order: focal as in Deffuant, partner by ``u' * total`` over distance^-gamma weights."""
     k_dims = x.shape[1]
     n = x.shape[0]
-    order = np.empty(n if masked else 1, np.int64)
-    m = _active_order(active, order) if masked else n
+    rebuilt = masked and not aligned
+    order = np.empty(n if rebuilt else 1, np.int64)
+    m = _active_order(active, order) if rebuilt else n
     if m == 0:
         return
     weights = np.empty(rowptr.shape[0], dtype=np.float64)
@@ -523,7 +561,9 @@ def _bias_world(x, shown, fixed, any_fixed, masked, active, rowptr, col, key_foc
     other = np.empty(1, np.int64)
     for s in range(used):
         rank = _below(key_focal, s, m)
-        i = order[rank] if masked else rank
+        i = order[rank] if rebuilt else rank
+        if masked and not active[i]:
+            continue  # aligned: an absent focal agent spends the slot
         start = rowptr[i]
         degree = rowptr[i + 1] - start
         total = 0.0
@@ -560,17 +600,17 @@ def _bias_world(x, shown, fixed, any_fixed, masked, active, rowptr, col, key_foc
 
 @njit(cache=True, parallel=True)
 def algorithmic_bias(x, shown, fixed, active, masked, rowptr, col, keys_focal, keys_partner, used, eps, mu, metric,
-                     repulse, gamma, floor):
+                     repulse, gamma, floor, aligned):
     """Deffuant with the partner drawn with probability proportional to distance^-gamma, in place on ``x``.
 
     The partner depends on the current values, so each world runs its draws
-    in sequence (worlds in parallel). Arguments as :func:`deffuant`.
+    in sequence (worlds in parallel). Arguments as :func:`deffuant` (``aligned`` required here).
     """
     for b in prange(x.shape[0]):
         fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _bias_world(x[b], shown[b], fb, fb.any(), masked, active[b], rowptr, col, np.uint64(keys_focal[b]),
+        _bias_world(x[b], shown[b], fb, fb.any(), masked, aligned, active[b], rowptr, col, np.uint64(keys_focal[b]),
                     np.uint64(keys_partner[b]), used[b], eb, mb, metric, repulse, gamma, floor)
 
 

@@ -16,7 +16,10 @@ own opinion (a dimension moves when its own difference is within epsilon).
 
 Absent agents (``state.active`` false) are never drawn, as focal agent or as
 partner, and the others keep the interaction rate they would have without
-them (``sim.core.pairing``).
+them, by one of two rules (``absence``; ``sim.core.pairing``): ``aligned``
+(the default) keeps every present agent's draws where they are, so twins
+that differ in one agent's presence agree wherever it cannot reach;
+``rebuilt`` makes a world without its last group the scenario built without it.
 
 Kernels: ``numba`` (compiled, CPU: the pairs hashed inline from the worlds'
 streams, then applied; worlds in parallel, or one world on two threads) and
@@ -48,6 +51,14 @@ class _PairwiseParams(PluginParams):
     """Second bound epsilon_r: agents further apart than this push each other away. None: no repulsion."""
     kernel: Literal["auto", "numba", "torch"] = "auto"
     """Which implementation applies the pairs; all give the same result."""
+    absence: Literal["aligned", "rebuilt"] = "aligned"
+    """How absent agents (``state.active`` false) leave the draws. aligned: slot s's focal agent is
+    floor(u_s * N) whatever the mask; a slot whose focal agent is absent is spent (nothing moves), so every
+    present agent is focal at the rate it has without the absent ones and twins that differ in one agent's
+    presence draw the same pairs everywhere else. rebuilt: slot s's focal agent is the floor(u_s * m)-th of
+    the m active agents and only the first round(pairs_per_agent * m) slots are used, so a world whose last
+    group is absent is, bit for bit, the scenario rebuilt without it. Partners: the floor(u' * d)-th of the
+    focal agent's d active neighbours under both."""
 
 
 def _all(flags: torch.Tensor) -> bool:
@@ -109,10 +120,11 @@ class Deffuant:
     def apply(self, values: torch.Tensor, expressed: torch.Tensor, state: State, world: World,
               rng: Streams) -> torch.Tensor:
         active = _mask(state)
-        count, used = pair_counts(self.params.pairs_per_agent, world.n, active)
+        rule = self.params.absence
+        count, used = pair_counts(self.params.pairs_per_agent, world.n, active, rule)
         if _use_numba(self.params.kernel, values):
             return self._numba_step(values, expressed, state, world, rng, count, used)
-        focal, partner = sample_pairs(world.network, count, rng, "deffuant", active, used)
+        focal, partner = sample_pairs(world.network, count, rng, "deffuant", active, used, rule)
         return self.apply_pairs(values, expressed, world, focal, partner)
 
     def _numba_step(self, values, expressed, state, world, rng, count, used) -> torch.Tensor:
@@ -134,7 +146,8 @@ class Deffuant:
                         stream_keys(rng, "deffuant/partner"), used.numpy(),
                         state.active.contiguous().numpy(), masked, eps.numpy(), mu.numpy(),
                         METRICS[self.params.distance], np.inf if repulse is None else float(repulse),
-                        eps_uniform=_constant_rows(eps), mu_uniform=_constant_rows(mu))
+                        eps_uniform=_constant_rows(eps), mu_uniform=_constant_rows(mu),
+                        aligned=self.params.absence == "aligned")
         return x
 
     def apply_pairs(self, values, expressed, world: World, focal, partner) -> torch.Tensor:
@@ -180,7 +193,7 @@ class AlgorithmicBias(Deffuant):
 
         device = values.device
         active = state.active.cpu().contiguous()
-        count, used = pair_counts(self.params.pairs_per_agent, world.n, _mask(state))
+        count, used = pair_counts(self.params.pairs_per_agent, world.n, _mask(state), self.params.absence)
         used = torch.full((world.b,), count) if used is None else used.cpu()
         shown, fixed = _shown_and_fixed(values, expressed, world)
         x = values.detach().to("cpu", copy=True).contiguous()
@@ -194,7 +207,7 @@ class AlgorithmicBias(Deffuant):
             world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
             _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],
             np.inf if repulse is None else float(repulse), float(self.params.gamma),
-            float(self.params.min_distance))
+            float(self.params.min_distance), self.params.absence == "aligned")
         return x.to(device)
 
 

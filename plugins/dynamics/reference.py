@@ -19,17 +19,25 @@ def _distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
     return float(np.max(np.abs(diff)))
 
 
-def pairs_reference(rowptr, col, active, u_focal, u_partner, used):
+def pairs_reference(rowptr, col, active, u_focal, u_partner, used, rule="aligned"):
     """One world's (focal, partner) slots from their float64 uniforms, as ``sim.core.pairing`` defines them.
 
-    Slot s < ``used``: the focal agent is the ``floor(u_focal[s] * m)``-th of
-    the m active agents, the partner the ``floor(u_partner[s] * d)``-th of its
-    d active neighbours (-1 if it has none). Later slots are (-1, -1).
+    Slot s < ``used``: the focal agent is agent ``floor(u_focal[s] * N)``, the
+    slot spent (-1, -1) if that agent is absent (``rule`` aligned), or the
+    ``floor(u_focal[s] * m)``-th of the m active agents (rebuilt); the partner
+    is the ``floor(u_partner[s] * d)``-th of its d active neighbours (-1 if it
+    has none). Later slots are (-1, -1).
     """
-    agents = [i for i in range(len(active)) if active[i]]
+    n = len(active)
+    agents = [i for i in range(n) if active[i]]
     focal, partner = [-1] * len(u_focal), [-1] * len(u_focal)
     for s in range(used if agents else 0):
-        i = agents[min(int(u_focal[s] * len(agents)), len(agents) - 1)]
+        if rule == "aligned":
+            i = min(int(u_focal[s] * n), n - 1)
+            if not active[i]:
+                continue
+        else:
+            i = agents[min(int(u_focal[s] * len(agents)), len(agents) - 1)]
         candidates = [j for j in col[rowptr[i]:rowptr[i + 1]].tolist() if active[j]]
         focal[s] = i
         if candidates:

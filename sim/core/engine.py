@@ -39,7 +39,9 @@ place the step is written down. A step, in order:
 **Absent agents.** ``state.active[b, i]`` False means agent i is not in world
 b: the engine freezes its values (as it does a zealot's), pairwise dynamics
 never pick it as focal agent or partner and keep the others' interaction rate
-per agent, synchronous dynamics leave it out of neighbourhoods, protocols and
+per agent (``absence: aligned``, the default, spends its draw slots where they
+are, so twins differing in its presence agree where it cannot reach;
+``rebuilt`` ranks the draws among the active agents), synchronous dynamics leave it out of neighbourhoods, protocols and
 LLM policies neither address it nor let it speak, and metrics do not count
 it. ``sim.checks`` holds every plugin kind to this.
 

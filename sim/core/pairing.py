@@ -9,14 +9,20 @@ world, i.i.d., in one vectorised call; the compiled CPU kernels
 **Absent agents.** An agent with ``active[b, i]`` false is not in world b: it
 is never a focal agent and never a partner (its neighbours choose among their
 active neighbours), and the others interact at the rate they would have
-without it: a world with ``m_b`` active agents uses the first
-``round(pairs_per_agent * m_b)`` of its ``round(pairs_per_agent * N)`` draw
-slots (:func:`pair_counts`). Twins stay aligned because the choice is made
-by the same uniforms among the active rows: slot s's focal agent is the
-``floor(u_s * m_b)``-th active agent and its partner the
-``floor(u'_s * d)``-th of the focal agent's ``d`` active neighbours (in CSR
-order). A world whose absent agents are the last rows of a complete graph
-therefore draws exactly the pairs of the scenario built without them.
+without it. Two rules (``rule``) pick slot s's focal agent; the partner is
+the ``floor(u'_s * d)``-th of the focal agent's ``d`` active neighbours (in
+CSR order) under both.
+
+- ``aligned`` (the default): the focal agent is ``floor(u_s * N)`` whatever
+  the mask, and a slot whose focal agent is absent is spent (-1, -1), so
+  every world uses all ``round(pairs_per_agent * N)`` slots. Twins on one
+  stream that differ in one agent's presence draw the same pairs everywhere
+  that agent cannot reach (common random numbers).
+- ``rebuilt``: a world with ``m_b`` active agents uses the first
+  ``round(pairs_per_agent * m_b)`` of its slots (:func:`pair_counts`), slot
+  s's focal agent being the ``floor(u_s * m_b)``-th active agent. A world
+  whose absent agents are the last rows of a complete graph therefore draws
+  exactly the pairs of the scenario built without them.
 
 Applying them in a batch must not change their meaning. :func:`rounds`
 splits a pair sequence into rounds in which no agent appears twice, keeping
@@ -32,17 +38,26 @@ import torch
 from .rng import Streams
 from .state import Network
 
+RULES = ("aligned", "rebuilt")
 
-def pair_counts(pairs_per_agent: float, n: int, active: torch.Tensor | None = None) -> tuple[int, torch.Tensor | None]:
+
+def pair_counts(pairs_per_agent: float, n: int, active: torch.Tensor | None = None,
+                rule: str = "aligned") -> tuple[int, torch.Tensor | None]:
     """Draw slots per world (``max(1, round(pairs_per_agent * N))``) and, under a mask, the slots used ``[B]``.
 
-    A world with ``m`` active agents uses ``max(1, round(pairs_per_agent * m))``
-    slots (none when ``m = 0``): the count the scenario without its absent
-    agents would draw. ``None`` means every world uses every slot.
+    Under ``rebuilt`` a world with ``m`` active agents uses
+    ``max(1, round(pairs_per_agent * m))`` slots (none when ``m = 0``): the
+    count the scenario without its absent agents would draw. Under
+    ``aligned`` every world uses every slot. ``None`` means every world uses
+    every slot (no mask).
     """
     count = max(1, round(pairs_per_agent * n))
     if active is None:
         return count, None
+    if rule == "aligned":
+        return count, torch.full((active.shape[0],), count, dtype=torch.int64, device=active.device)
+    if rule != "rebuilt":
+        raise ValueError(f"pair_counts: rule must be one of {RULES}, got {rule!r}")
     m = active.sum(1)
     # torch.round, like Python's round, rounds half to even; the product is the same float64
     used = (pairs_per_agent * m.double()).round().clamp_min(1).long()
@@ -50,37 +65,50 @@ def pair_counts(pairs_per_agent: float, n: int, active: torch.Tensor | None = No
 
 
 def focal_agents(n: int, count: int, rng: Streams, purpose: str, active: torch.Tensor | None = None,
-                 used: torch.Tensor | None = None) -> torch.Tensor:
-    """``[B, count]`` focal agents: slot s is the ``floor(u_s * m_b)``-th active agent; -1 in unused slots.
+                 used: torch.Tensor | None = None, rule: str = "aligned") -> torch.Tensor:
+    """``[B, count]`` focal agents of the draw slots; -1 in unused and spent slots.
 
-    ``u_s`` is draw s of ``purpose`` (through ``rng.integers``); without a
-    mask ``m_b = N`` and the rank is the agent.
+    ``u_s`` is draw s of ``purpose`` (through ``rng.integers``). Without a
+    mask slot s's focal agent is ``floor(u_s * N)``. Under a mask, ``aligned``
+    keeps that agent if it is active and spends the slot (-1) if not;
+    ``rebuilt`` takes the ``floor(u_s * m_b)``-th active agent. Slots from
+    ``used[b]`` on are -1.
     """
     if active is None:
         return rng.integers(purpose, n, (rng.b, count))
-    m = active.sum(1, keepdim=True)
-    rank = rng.integers(purpose, m.clamp_min(1), (rng.b, count))
-    order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # active agents first, ascending
-    focal = order.gather(1, rank)
+    if rule == "aligned":
+        focal = rng.integers(purpose, n, (rng.b, count))
+        present = active.gather(1, focal)
+    elif rule == "rebuilt":
+        m = active.sum(1, keepdim=True)
+        rank = rng.integers(purpose, m.clamp_min(1), (rng.b, count))
+        order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # active agents first, ascending
+        focal = order.gather(1, rank)
+        present = None
+    else:
+        raise ValueError(f"focal_agents: rule must be one of {RULES}, got {rule!r}")
     slot = torch.arange(count, device=focal.device)
-    return torch.where(slot[None, :] < used[:, None], focal, torch.full_like(focal, -1))
+    keep = slot[None, :] < used[:, None]
+    keep = keep if present is None else keep & present
+    return torch.where(keep, focal, torch.full_like(focal, -1))
 
 
 def sample_pairs(network: Network, count: int, rng: Streams, purpose: str, active: torch.Tensor | None = None,
-                 used: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 used: torch.Tensor | None = None, rule: str = "aligned") -> tuple[torch.Tensor, torch.Tensor]:
     """Draw ``count`` (focal, partner) slots per world: ``[B, count]`` int64 each.
 
     Focal agents come from draws of ``{purpose}/focal`` (:func:`focal_agents`)
     and partners from float64 uniforms of ``{purpose}/partner``
     (:func:`partners`). ``active`` [B, N] and ``used`` [B] (from
-    :func:`pair_counts`) apply a mask; without one every agent takes part
-    and every slot is used. A focal agent without an (active) neighbour has
-    partner -1: the draw is spent, as in the sequential model, and nothing
-    moves; an unused slot is (-1, -1).
+    :func:`pair_counts`, for the same ``rule``) apply a mask; without one
+    every agent takes part and every slot is used. A focal agent without an
+    (active) neighbour has partner -1: the draw is spent, as in the
+    sequential model, and nothing moves; an unused slot, or under
+    ``aligned`` a slot whose focal agent is absent, is (-1, -1).
     """
     if active is not None and used is None:
         raise ValueError("sample_pairs: a mask needs the slots each world uses (pair_counts)")
-    focal = focal_agents(network.n, count, rng, f"{purpose}/focal", active, used)
+    focal = focal_agents(network.n, count, rng, f"{purpose}/focal", active, used, rule)
     # float64 so that floor(u * degree) is exact for any realistic degree
     u = rng.uniform(f"{purpose}/partner", (rng.b, count), torch.float64)
     return focal, partners(network, focal, u, active)
