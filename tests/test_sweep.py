@@ -144,3 +144,29 @@ def test_ray_executor_gives_the_same_table(scenario_file, tmp_path):
     ray = pd.read_parquet(sweep(str(scenario_file), grid, seeds=2, executor="ray", out=tmp_path / "r")
                           / "sweep.parquet")
     pd.testing.assert_frame_equal(local, ray)
+
+
+def test_analyze_a_sweep_summarises_each_point_over_its_seeds(scenario_file, tmp_path, capsys):
+    from sim.analysis.summary import summarize
+
+    path = sweep(str(scenario_file), ["population.people.confidence=0.1,0.5"], seeds=3, workers=1,
+                 out=tmp_path / "s")
+    result = summarize(path)
+    rows = result["sweep"]
+    table, keys = read_sweep(sim.open_run(path))
+    for confidence in (0.1, 0.5):
+        row = rows[(rows[keys[0]] == confidence) & (rows.metric == "clusters") & (rows.group == "all")
+                   & (rows.stat == "final")].iloc[0]
+        final = table.query(f"`{keys[0]}` == {confidence} and metric == 'clusters' and group == 'all' and step == 8")
+        assert row["n"] == 3 and row["mean"] == pytest.approx(final.value.mean())
+    assert main(["analyze", str(path)]) == 0
+    assert "sweep: final readings" in capsys.readouterr().out
+
+
+def test_a_sweep_does_not_write_into_a_used_directory(scenario_file, tmp_path):
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(sim.RunDirError, match="not empty"):
+        sweep(str(scenario_file), ["population.people.confidence=0.1,0.2"], seeds=1, out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]

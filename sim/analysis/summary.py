@@ -151,10 +151,30 @@ def summarize(runs, pool: bool = True, level: float = 0.95) -> dict[str, Any]:
             notes.append(f"{run.path}: {len(run.manifest['counterfactual_worlds'])} counterfactual twin worlds "
                          f"left out of the replicates")
     shapley = [t.assign(run=str(r.path)) for r in runs if (t := shapley_table(r)) is not None]
+    sweeps = [t.assign(run=str(r.path)) for r in runs if (t := sweep_summary(r, level)) is not None]
     return {"runs": [str(r.path) for r in runs], "scenario": names.pop() if len(names) == 1 else None,
             "replicates": int(metrics["replicate"].nunique()) if len(metrics) else 0,
             "rows": summarize_metrics(metrics, level) if len(metrics) else pd.DataFrame(columns=COLUMNS),
-            "shapley": pd.concat(shapley, ignore_index=True) if shapley else None, "notes": notes}
+            "shapley": pd.concat(shapley, ignore_index=True) if shapley else None,
+            "sweep": pd.concat(sweeps, ignore_index=True) if sweeps else None, "notes": notes}
+
+
+def sweep_summary(run, level: float = 0.95) -> pd.DataFrame | None:
+    """For a sweep directory, the summary rows of every grid point (its seeds the replicates), each row
+    led by ``point`` and the point's key values; None for any other run."""
+    if not (run.path / "sweep.parquet").is_file():
+        return None
+    from .sweep import read_sweep
+
+    table, keys = read_sweep(run)
+    parts = []
+    for point, rows in table.groupby("point", sort=True):
+        part = summarize_metrics(rows.rename(columns={"seed": "world"}), level)
+        for key in reversed(keys):
+            part.insert(0, key, rows[key].iloc[0])
+        part.insert(0, "point", point)
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True)
 
 
 def to_json(summary: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +184,8 @@ def to_json(summary: dict[str, Any]) -> dict[str, Any]:
             return None
         return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
 
-    return {**summary, "rows": records(summary["rows"]), "shapley": records(summary["shapley"])}
+    return {**summary, "rows": records(summary["rows"]), "shapley": records(summary["shapley"]),
+            "sweep": records(summary.get("sweep"))}
 
 
 def _plain(value):
@@ -214,8 +235,30 @@ def render(summary: dict[str, Any], console) -> None:
             table.add_row(str(row["player"]), str(row["metric"]), _text(row.get("window")), fmt(row["value"]),
                           fmt(row["se"]), f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]", str(row.get("rank")))
         console.print(table)
+    if summary.get("sweep") is not None:
+        _render_sweep(summary["sweep"], console)
     for note in summary["notes"]:
         console.print(f"note: {note}")
-    if rows.empty and summary["shapley"] is None:
+    if rows.empty and summary["shapley"] is None and summary.get("sweep") is None:
         console.print("nothing to summarise: the runs log none of the summarised metrics "
                       f"({', '.join(m for names in SECTIONS.values() for m in names[:1])}, ...)")
+
+
+def _render_sweep(table: pd.DataFrame, console, limit: int = 400) -> None:
+    """A sweep's final readings of everyone (group ``all``) per point, one table."""
+    from rich.table import Table
+
+    keys = [c for c in table.columns if c not in (*COLUMNS, "point", "run")]
+    shown = table[(table["stat"] == "final") & (table["group"] == "all")]
+    out = Table(title=f"sweep: final readings of group 'all' per point ({shown['point'].nunique()} points; "
+                      "95% interval over seeds)", title_justify="left")
+    for column in ("point", *keys, "metric", "dimension", "mean", "95% interval", "n"):
+        out.add_column(column)
+    for row in shown.head(limit).to_dict("records"):
+        out.add_row(str(row["point"]), *[_text(row[k]) if not isinstance(row[k], float) else fmt(row[k])
+                                         for k in keys],
+                    row["metric"], row["dimension"], fmt(row["mean"]), f"[{fmt(row['low'])}, {fmt(row['high'])}]",
+                    str(row["n"]))
+    console.print(out)
+    if len(shown) > limit:
+        console.print(f"... {len(shown) - limit} more rows (--json has them all)")

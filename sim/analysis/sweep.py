@@ -236,7 +236,8 @@ def sweep(scenario, grid: list[str], *, seeds: int = 4, executor: str = "local",
     """Run the grid (``["dotted.key=v1,v2", "dotted.key=start:stop:count", ...]``) with ``seeds`` worlds a
     point and return the sweep's run directory (``sweep.parquet`` in it; :func:`read_sweep` reads it)."""
     from ..config.scenario import Scenario, load_scenario
-    from ..runs.runlog import RunLock, RunLog, git_commit, new_run_dir, versions
+    from ..runs.runlog import RunLock, RunLog, git_commit, versions
+    from ..runs.runner import _make_run_dir
 
     if not isinstance(scenario, Scenario):
         scenario = load_scenario(scenario, list(overrides))
@@ -247,7 +248,6 @@ def sweep(scenario, grid: list[str], *, seeds: int = 4, executor: str = "local",
     keys = parse_grid(list(grid), scenario)
     cells = points(keys)
     batches = plan(keys, cells)
-    path = Path(out) if out is not None else new_run_dir(Path(runs_dir), scenario.name, scenario.spec.seed, "sweep")
     manifest = {
         "kind": "sweep", "scenario": scenario.name, "tag": "sweep", "source": scenario.source.name,
         "seed": scenario.spec.seed, "streams": list(range(seeds)), "seeds": seeds, "worlds": len(cells) * seeds,
@@ -258,7 +258,7 @@ def sweep(scenario, grid: list[str], *, seeds: int = 4, executor: str = "local",
         "command": command if command is not None else sys.argv, "versions": versions(), "git_commit": git_commit(),
         "error": None, "tables": {"sweep": {"columns": _columns(keys)}},
     }
-    path.mkdir(parents=True, exist_ok=True)
+    _, path = _make_run_dir(out, runs_dir, scenario, "sweep")  # an --out that is not empty is refused
     with RunLock(path):
         log = RunLog.create(path, scenario.to_yaml(), manifest, scenario.space.dimensions)
         log.event("started", 0, points=len(cells), seeds=seeds, batches=len(batches))
