@@ -25,6 +25,8 @@ examples:
   valuesim train scenarios/train_influencer.yaml --timesteps 20000 --worlds 16
   valuesim report runs/quickstart__20261125T120000Z__s42 -o report.html
   valuesim viz scenarios/deffuant_clusters.yaml --set population.people.count=200
+  valuesim analyze runs/quickstart__20261125T120000Z__s42 --json
+  valuesim sweep scenarios/deffuant_clusters.yaml --grid population.people.confidence=0.05:0.5:10 --seeds 4
 
 exit codes: 0 success, 1 the run failed or was interrupted, 2 bad input
 """
