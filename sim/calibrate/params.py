@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.state import AGENT_PARAMETERS
+from ..config.yamlsource import entry_label
 from ..errors import ScenarioError
 
 PER_AGENT = (*AGENT_PARAMETERS, "zealots")
@@ -108,7 +109,7 @@ def _walk(data: Any, key: str, scenario, spec: str) -> tuple[tuple, Any]:
         where = scenario.source.locate(tuple(path))
         here = ".".join(parts[:i]) or "the scenario"
         if isinstance(node, list):
-            labels = [_label(item) for item in node]
+            labels = [entry_label(item) for item in node]
             if part.lstrip("-").isdigit() and -len(node) <= int(part) < len(node):
                 index = int(part) % len(node)
             elif part in labels:
@@ -136,15 +137,6 @@ def _missing(key: str, part: str, here: str, known: list[str], where: str, spec:
     hint = f"; did you mean {close[0]!r}?" if close else ""
     return ScenarioError(f"no such key {part!r} in {here}{hint} (keys: {', '.join(known) or 'none'}) "
                          f"[--param {spec}]", location=where, path=key)
-
-
-def _label(item: Any) -> Any:
-    if isinstance(item, dict):
-        if "name" in item:
-            return item["name"]
-        if len(item) == 1:
-            return next(iter(item))
-    return item
 
 
 def _classify(key, low, high, path, value, resolved, scenario, spec) -> Parameter:

@@ -231,7 +231,7 @@ def _list_index(items: list, part: str, key: str) -> int:
             raise ScenarioError(f"cannot set {key}: index {index} is out of range (the list has {len(items)} entries)",
                                 location="--set")
         return index % len(items)
-    labels = [_label(item) for item in items]
+    labels = [entry_label(item) for item in items]
     if part in labels:
         return labels.index(part)
     if part in items:  # a plugin named without parameters: ``- friedkin_johnsen``
@@ -248,7 +248,8 @@ def _is_plugin_entry(item: Any, part: str) -> bool:
     return isinstance(item, dict) and len(item) == 1 and part in item and "name" not in item
 
 
-def _label(item: Any) -> Any:
+def entry_label(item: Any) -> Any:
+    """How a list entry is named by ``--set`` paths: its ``name``, or the one key of a one-key mapping."""
     if isinstance(item, dict):
         if "name" in item:
             return item["name"]

@@ -320,46 +320,42 @@ class Simulation:
     def _run_alignment(self, before: torch.Tensor, values: torch.Tensor, rng: Streams) -> torch.Tensor:
         """Step 4: alignment rules move AI groups' own values; absent agents stay where they were."""
         for name, rule in self.alignment:
-            try:
-                out = rule.update(values, self.state, self.world, self.state.alignment[name], rng)
-            except RunStop:
-                raise
-            except Exception as exc:
-                raise StepError(f"step {self.state.step + 1}: alignment rule {name!r} raised "
-                                f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(out, StepOutput):
-                raise StepError(f"step {self.state.step + 1}: alignment rule {name!r} returned a "
-                                f"{type(out).__name__}, not a StepOutput")
-            self.state.alignment[name] = out.carry
-            self.events.extend({"step": self.state.step + 1, "alignment": name, **e} for e in out.events)
-            if out.values is not None:
-                self._check_unit(out.values, f"alignment rule {name!r}", method="update")
-                values = out.values
+            values = self._run_plugin("alignment rule", "alignment", name, self.state.alignment, values, "update",
+                                      lambda v, rule=rule, name=name: rule.update(
+                                          v, self.state, self.world, self.state.alignment[name], rng))
         if self.alignment and not bool(self.state.active.all()):
             values = torch.where(self.state.active[..., None], values, before)
         return values
 
     def _run_protocols(self, values: torch.Tensor, rng: Streams) -> torch.Tensor:
+        """Step 1: each protocol acts, asking groups for its declared actions."""
         for name, protocol in self.protocols:
             def ask(group: str, action: str, protocol_name: str = name) -> torch.Tensor | None:
                 return self._ask(protocol_name, group, action, rng)
 
-            try:
-                out = protocol.step(values, self.state, self.world, self.state.protocols[name], rng, ask)
-            except RunStop:
-                raise
-            except Exception as exc:
-                raise StepError(f"step {self.state.step + 1}: protocol {name!r} raised "
-                                f"{type(exc).__name__}: {exc}") from exc
-            if not isinstance(out, StepOutput):
-                raise StepError(f"step {self.state.step + 1}: protocol {name!r} returned a "
-                                f"{type(out).__name__}, not a ProtocolOutput")
-            self.state.protocols[name] = out.carry
-            self.events.extend({"step": self.state.step + 1, "protocol": name, **e} for e in out.events)
-            if out.values is not None:
-                self._check_unit(out.values, f"protocol {name!r}", method="step")
-                values = out.values
+            values = self._run_plugin("protocol", "protocol", name, self.state.protocols, values, "step",
+                                      lambda v, protocol=protocol, name=name, ask=ask: protocol.step(
+                                          v, self.state, self.world, self.state.protocols[name], rng, ask))
         return values
+
+    def _run_plugin(self, label: str, event_key: str, name: str, carries: dict, values: torch.Tensor, method: str,
+                    call: Callable[[torch.Tensor], Any]) -> torch.Tensor:
+        """Run one protocol or alignment rule: keep its carry and events, check its values, name it if it fails."""
+        step = self.state.step + 1
+        try:
+            out = call(values)
+        except RunStop:
+            raise
+        except Exception as exc:
+            raise StepError(f"step {step}: {label} {name!r} raised {type(exc).__name__}: {exc}") from exc
+        if not isinstance(out, StepOutput):
+            raise StepError(f"step {step}: {label} {name!r} returned a {type(out).__name__}, not a StepOutput")
+        carries[name] = out.carry
+        self.events.extend({"step": step, event_key: name, **e} for e in out.events)
+        if out.values is None:
+            return values
+        self._check_unit(out.values, f"{label} {name!r}", method=method)
+        return out.values
 
     def _ask(self, protocol_name: str, group_name: str, action: str, rng: Streams) -> torch.Tensor | None:
         """A group's protocol action this step: written in from outside, else its policy's ``act``, else None.
