@@ -109,14 +109,24 @@ def _settings(vector, given: dict) -> dict:
 
 
 def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
-    """Train (or go on training from ``resume_from``) and write the run directory (``sim.marl.train``)."""
+    """Train (or go on training from ``resume_from``) and write the run directory (``sim.marl.train``).
+
+    TorchRL's modules initialise and sample from torch's global generator, so it is seeded for this training
+    only: the caller's global random state is put back afterwards.
+    """
+    devices = [vector.device] if torch.device(vector.device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.random.manual_seed(record["settings"]["seed"])
+        return _run(path, scenario, vector, record, resume_from, progress_bar)
+
+
+def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
     from .policy import policy_spec
     from .train import _has, _now, _write_record, evaluate, random_actor
     from ..runs.runlog import atomic_write_bytes
 
     settings = record["settings"]
     p = _settings(vector, settings["algo_params"])
-    torch.manual_seed(settings["seed"])
     vector.autoreset = False
     env = TorchRLEnv(vector)
     env.set_seed(settings["seed"])
