@@ -15,6 +15,7 @@ from sim.config.persona import resolve_persona
 from sim.config.scenario import instantiate
 from sim.config.schema import PluginRef
 from sim.llm import Sampling, can_choose
+from sim.llm.cache import with_run_cache
 
 from ..llm.policy import Persona, _describe, _system_prompt
 
@@ -56,12 +57,7 @@ def speaker(spec: str | dict[str, Any], backend: str | dict[str, Any] | None, wo
     if world.space.name not in persona.values:
         raise ValueError(f"persona {persona.name!r} has no values in value space {world.space.name!r} "
                          f"(it has: {', '.join(persona.values)})")
-    model = instantiate("llm_backends", persona.backend)
-    cache = world.context.get("llm_cache")
-    if cache is not None:
-        from sim.llm.cache import CachedBackend
-
-        model = CachedBackend(model, cache, world.context.get("llm_cache_mode", "readwrite"))
+    model = with_run_cache(instantiate("llm_backends", persona.backend), world.context)
     if needs_choice and not can_choose(model):
         raise ValueError(f"persona {persona.name!r}: backend {persona.backend.name!r} has no choice call")
     return Speaker(persona=persona, backend=model, reader=instantiate("value_readers", persona.reader))

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from sim.contracts import Group, Interval, PluginParams, PolicyOutput, State, Streams, World
 from sim.llm import ChatRequest, Sampling, complete
+from sim.llm.cache import with_run_cache
 from sim.llm.questionnaire import load_questionnaire
 from sim.config.scenario import instantiate
 from sim.config.schema import PluginRef
@@ -108,13 +109,7 @@ class LLMPolicy:
         if persona.audience not in ("neighbours", "broadcast", *[g.name for g in world.groups]):
             raise ValueError(f"persona {persona.name!r}: audience must be 'neighbours', 'broadcast' or a group "
                              f"name, got {persona.audience!r}")
-        backend = instantiate("llm_backends", persona.backend)
-        cache = world.context.get("llm_cache")
-        if cache is not None:
-            from sim.llm.cache import CachedBackend
-
-            backend = CachedBackend(backend, cache, world.context.get("llm_cache_mode", "readwrite"))
-        self._backend = backend
+        self._backend = with_run_cache(instantiate("llm_backends", persona.backend), world.context)
         self._reader = instantiate("value_readers", persona.reader)
         self._questionnaire = load_questionnaire(space, world.space.dimensions) if (
             persona.questionnaire.at_start or persona.questionnaire.every) else None

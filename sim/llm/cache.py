@@ -238,3 +238,12 @@ class CachedBackend:
 
     def __repr__(self) -> str:
         return f"CachedBackend({self.inner.name!r}, model={self.inner.model_id!r}, mode={self.mode!r})"
+
+
+def with_run_cache(backend: LLMBackend, context: dict) -> LLMBackend:
+    """``backend`` behind the run's response cache (``world.context["llm_cache"]``), or as it is when the run
+    has none (``--llm-cache off``, or a world built outside a run)."""
+    cache = context.get("llm_cache")
+    if cache is None:
+        return backend
+    return CachedBackend(backend, cache, context.get("llm_cache_mode", "readwrite"))

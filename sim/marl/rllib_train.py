@@ -97,7 +97,7 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
     """Train (or go on from ``resume_from``) and write the run directory (``sim.marl.train``)."""
     from .policy import policy_spec
     from .spaces import from_symmetric
-    from .train import _now, _write_record, evaluate, random_actor
+    from .train import evaluate, random_actor, record_complete, record_stopped
     from ..runs.runlog import atomic_write_bytes
 
     ray = require("ray")
@@ -141,18 +141,12 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
         trained = evaluate(scenario, actor_fn, settings)
         random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
     except BaseException as exc:
-        record.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                      error=f"{type(exc).__name__}: {exc}", ended=_now())
-        _write_record(path, record)
+        record_stopped(path, record, exc)
         raise
     finally:
         if algo is not None:
             algo.stop()
         if started_ray:
             ray.shutdown()
-    record.update(status="complete", ended=_now(), seconds=round(time.perf_counter() - started, 3),
-                  timesteps_done=done_steps,
-                  evaluation={"return": trained, "random_return": random, "worlds": settings["eval_worlds"],
-                              "episode": vector.episode})
-    _write_record(path, record)
+    record_complete(path, record, started, done_steps, trained, random, settings, vector)
     return path

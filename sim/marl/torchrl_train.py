@@ -122,7 +122,7 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
 
 def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
     from .policy import policy_spec
-    from .train import _has, _now, _write_record, evaluate, random_actor
+    from .train import _has, evaluate, random_actor, record_complete, record_stopped
     from ..runs.runlog import atomic_write_bytes
 
     settings = record["settings"]
@@ -222,16 +222,10 @@ def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, p
         trained = evaluate(scenario, actor_fn, settings)
         random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
     except BaseException as exc:
-        record.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                      error=f"{type(exc).__name__}: {exc}", ended=_now())
-        _write_record(path, record)
+        record_stopped(path, record, exc)
         raise
     finally:
         if bar is not None:
             bar.close()
-    record.update(status="complete", ended=_now(), seconds=round(time.perf_counter() - started, 3),
-                  timesteps_done=done_steps,
-                  evaluation={"return": trained, "random_return": random, "worlds": settings["eval_worlds"],
-                              "episode": vector.episode})
-    _write_record(path, record)
+    record_complete(path, record, started, done_steps, trained, random, settings, vector)
     return path

@@ -147,15 +147,9 @@ def _run(path: Path, scenario: Scenario, vector: VectorEnv, record: dict, resume
         trained = evaluate(scenario, _model_actor(model, vector.action_space), settings)
         random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
     except BaseException as exc:
-        record.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
-                      error=f"{type(exc).__name__}: {exc}", ended=_now())
-        _write_record(path, record)
+        record_stopped(path, record, exc)
         raise
-    record.update(status="complete", ended=_now(), seconds=round(time.perf_counter() - started, 3),
-                  timesteps_done=int(model.num_timesteps),
-                  evaluation={"return": trained, "random_return": random, "worlds": settings["eval_worlds"],
-                              "episode": vector.episode})
-    _write_record(path, record)
+    record_complete(path, record, started, int(model.num_timesteps), trained, random, settings, vector)
     return path
 
 
@@ -254,3 +248,20 @@ def _now() -> str:
 
 def _write_record(path: Path, record: dict) -> None:
     atomic_write_bytes(path / "train.json", (json.dumps(record, indent=2) + "\n").encode())
+
+
+def record_stopped(path: Path, record: dict, exc: BaseException) -> None:
+    """Mark a training run failed (or interrupted, for Ctrl-C) in its ``train.json``, whatever the backend."""
+    record.update(status="failed" if not isinstance(exc, KeyboardInterrupt) else "interrupted",
+                  error=f"{type(exc).__name__}: {exc}", ended=_now())
+    _write_record(path, record)
+
+
+def record_complete(path: Path, record: dict, started: float, timesteps: int, trained: float, random: float,
+                    settings: dict, vector) -> None:
+    """Mark a training run complete with its final returns (the trained policy's and a random one's)."""
+    record.update(status="complete", ended=_now(), seconds=round(time.perf_counter() - started, 3),
+                  timesteps_done=timesteps,
+                  evaluation={"return": trained, "random_return": random, "worlds": settings["eval_worlds"],
+                              "episode": vector.episode})
+    _write_record(path, record)

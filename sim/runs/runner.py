@@ -118,7 +118,7 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
         # a run stopped before its first checkpoint kept nothing of its steps: it starts again from the beginning
         fresh = not (path / CHECKPOINT).is_dir()
         snapshot = None if fresh else load_checkpoint(path / CHECKPOINT)
-        scenario = _stored_scenario(path, manifest)
+        scenario = stored_scenario(path, _field(path, manifest, "base_dir", str))
         cache = manifest.get("llm_cache") or {"mode": "readwrite", "path": str(path.parent / ".llm-cache.sqlite")}
         worlds = _field(path, manifest, "worlds", int) // (2 if scenario.spec.counterfactual else 1)  # twins
         _phase(progress, _building(scenario))
@@ -135,15 +135,16 @@ def resume(run_dir: str | Path, *, device: str | None = None, command: list[str]
     return path
 
 
-def _stored_scenario(path: Path, manifest: dict) -> Scenario:
+def stored_scenario(path: Path, base_dir: str) -> Scenario:
+    """The resolved scenario a run directory keeps (``scenario.yaml``), for resuming it or analysing it again."""
     file = path / "scenario.yaml"
     try:
         text = file.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise RunDirError(f"{file}: missing, so the run cannot be rebuilt to resume it") from None
+        raise RunDirError(f"{file}: missing, so the run cannot be rebuilt") from None
     except UnicodeDecodeError:
         raise RunDirError(f"{file}: not a text file (the scenario is corrupt)") from None
-    return scenario_from_yaml(text, str(file), base_dir=_field(path, manifest, "base_dir", str))
+    return scenario_from_yaml(text, str(file), base_dir=base_dir)
 
 
 def _field(path: Path, manifest: dict, key: str, kind: type):

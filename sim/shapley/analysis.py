@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
+from ..config.scenario import Scenario, load_scenario
 from ..core.interval import Interval
 from ..errors import RunDirError, ScenarioError
+from ..runs.runner import stored_scenario
 from ..runs.runlog import (RunLock, RunLog, atomic_write_table, git_commit, new_run_dir, read_manifest,
                            versions)
 from .estimators import METHODS, ShapleyResult, check_options, estimate
@@ -115,14 +116,7 @@ def _source(source, overrides, plugin_dirs) -> tuple[Scenario, str | None]:
     path = Path(source)
     if path.is_dir():
         manifest = read_manifest(path)
-        file = path / "scenario.yaml"
-        try:
-            text = file.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            raise RunDirError(f"{file}: missing, so the run's scenario cannot be rebuilt") from None
-        except UnicodeDecodeError:
-            raise RunDirError(f"{file}: not a text file (the scenario is corrupt)") from None
-        scenario = scenario_from_yaml(text, str(file), base_dir=manifest.get("base_dir") or str(path))
+        scenario = stored_scenario(path, manifest.get("base_dir") or str(path))
         if overrides:
             from ..config.scenario import scenario_from_dict
 
