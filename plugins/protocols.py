@@ -12,7 +12,7 @@ from typing import Annotated, ClassVar, Literal
 
 import torch
 
-from sim.contracts import Interval, PluginParams, ProtocolOutput, Reading, State, Streams, World
+from sim.contracts import Interval, PluginParams, ProtocolOutput, Reading, State, Streams, World, per_world
 from sim.core.ops import distance
 
 
@@ -45,6 +45,7 @@ class Broadcast:
         """Write one event per acting step with each world's counts."""
 
     uses: ClassVar[tuple[str, ...]] = ("confidence", "rate")
+    per_world: ClassVar[tuple[str, ...]] = ("share",)  # a sweep over share is one batch (sim.core.perworld)
 
     def __init__(self, params: Params):
         self.params = params
@@ -89,7 +90,7 @@ class Broadcast:
         pick = torch.searchsorted(order, (rank + 1).clamp_max(n_speak[:, None].clamp_min(1)))
         pick = pick.clamp_max(speaking.shape[1] - 1)
         share = ask(p.speakers, "share")
-        chance = torch.full((b, n_listen), p.share, dtype=torch.float64, device=values.device) if share is None \
+        chance = per_world(p.share, world)[:, None].expand(b, n_listen) if share is None \
             else share.double().clamp(0, 1).gather(1, pick)
         reached = rng.uniform(f"{purpose}/reach", (b, n_listen), torch.float64) < chance
         reached &= due[:, None] & (n_speak > 0)[:, None] & state.active[:, listeners]

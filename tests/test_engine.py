@@ -215,6 +215,25 @@ def test_a_policy_parameter_varies_across_the_worlds_of_one_batch():
         swarm.vary_policy("pushers", [{"margin": 2.0}] * 3)
 
 
+def test_a_protocol_parameter_varies_across_the_worlds_of_one_batch():
+    swarm = sim.build(_broadcast(share=0.3), worlds=3)
+    swarm.vary_protocol("broadcast", [{"share": 0.05}, {}, {"share": 0.9}])
+    assert swarm.protocols[0][1].params.share.tolist() == [0.05, 0.3, 0.9]  # held as one [B] tensor
+    swarm.advance(5)
+    for world, share in ((0, 0.05), (1, 0.3), (2, 0.9)):
+        alone = sim.build(_broadcast(share=share), streams=[world])
+        alone.advance(5)
+        assert torch.equal(swarm.state.values[world], alone.state.values[0])
+        heard = swarm.state.protocols["broadcast"]["heard"], alone.state.protocols["broadcast"]["heard"]
+        assert torch.equal(heard[0][world], heard[1][0])
+    with pytest.raises(ValueError, match=r"protocol 'broadcast' parameters of world 1: share: "
+                                         r"must be in \[0, 1\], got 1.5"):
+        swarm.vary_protocol("broadcast", [{}, {"share": 1.5}, {}])
+    with pytest.raises(ValueError, match=r"protocol 'broadcast': every cannot vary per world "
+                                         r"\(per-world parameters: share\)"):
+        swarm.vary_protocol("broadcast", [{"every": 2}] * 3)
+
+
 class FollowTheCrowd:
     """Moves the AI group a share of the way toward the present humans' mean every step (a test rule)."""
 

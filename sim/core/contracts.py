@@ -203,6 +203,12 @@ class Policy(_Contract):
 
     Absent agents (``state.active`` False) are never heard: what a policy
     returns for them is ignored, and an LLM policy does not let them speak.
+
+    The engine checks every step that what ``express`` and ``measure``
+    returned is finite and in [0, 1], and stops the run naming the policy and
+    the step if not; a policy that can only return values already in range
+    (its agents' own values, a validated vector) may say
+    ``keeps_unit_range = True`` to skip that reduction pass.
     """
 
     Params: ClassVar[type[BaseModel]]
@@ -254,6 +260,12 @@ class Protocol(_Contract):
 
     A protocol never addresses or hears an absent agent (``state.active``
     False) and does not move its values; ``sim.checks`` verifies both.
+
+    Optionally, ``per_world``: a tuple naming the numeric fields of
+    ``Params`` that may differ between worlds of one batch (a sweep or a
+    calibration swarm; ``Simulation.vary_protocol``). Such a field may then
+    hold a ``[B]`` tensor, and the protocol reads it through
+    ``sim.contracts.per_world(value, world)`` (see ``sim.core.perworld``).
     """
 
     Params: ClassVar[type[BaseModel]]

@@ -114,6 +114,7 @@ class Simulation:
         self._step_cache: dict[str, torch.Tensor] = {}
         self._variants: dict[int, tuple[list[tuple[str, Any]], torch.Tensor]] = {}
         self._spaces: dict[str, dict] = {}
+        self._protocol_originals: dict[str, Any] = {}  # a protocol as built, before vary_protocol
 
     # ------------------------------------------------------------------ stepping
 
@@ -169,8 +170,19 @@ class Simulation:
         held = self.world.params.zealot
         if not bool(self.state.active.all()):
             held = held | ~self.state.active
-        if bool(held.any()):
-            values = torch.where(held[..., None], before, values)
+        if values is before or not bool(held.any()):
+            return values
+        kept = [before, self.world.initial] + ([] if self.state.expressed is None else [self.state.expressed])
+        if _shares_storage(values, *kept):  # a plugin handed back a view of the state: leave that alone
+            return torch.where(held[..., None], before, values)
+        # Copy back only the held rows, in place (the dynamics returned a new tensor): a where over
+        # [B, N, K] is a full pass, the largest cost of a step at Shapley batch sizes.
+        if held.shape[0] == 1:
+            rows = held[0].nonzero().squeeze(1)
+            values[:, rows] = before[:, rows]
+        else:
+            worlds, rows = held.expand(values.shape[:2]).nonzero(as_tuple=True)
+            values[worlds, rows] = before[worlds, rows]
         return values
 
     def _check_actions(self) -> None:
@@ -274,6 +286,25 @@ class Simulation:
                 prepare(self.world, self.world.groups[index])
         self._variants[index] = (variants, torch.tensor(choice, device=self.world.device))
 
+    def vary_protocol(self, protocol: str, params: list[dict[str, Any]]) -> None:
+        """Give protocol ``protocol`` other parameters in each world: ``params[b]`` overrides world b's.
+
+        Keys are the protocol's fields (dotted into a mapping: ``susceptibility.financial``) among those
+        its class names in ``per_world`` (``sim.core.perworld``); they are then held as ``[B]`` tensors by
+        one instance, so a sweep or a swarm over them costs one batch, not one per point. The protocol's
+        state restarts (its draws are a function of the streams, so only what the parameters change
+        changes): call this before stepping.
+        """
+        from .perworld import varied
+
+        names = [name for name, _ in self.protocols]
+        if protocol not in names:
+            raise ValueError(f"no protocol {protocol!r} (protocols: {', '.join(names) or 'none'})")
+        index = names.index(protocol)
+        original = self._protocol_originals.setdefault(protocol, self.protocols[index][1])
+        self.protocols[index] = (protocol, varied(original, f"protocol {protocol!r}", params, self.world))
+        self.start_protocols(only=protocol)
+
     def _external(self, group: Group, action: str, given: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
         want = (self.world.b, group.size, *shape)
         if not torch.is_tensor(given) or tuple(given.shape) != want:
@@ -294,7 +325,7 @@ class Simulation:
         if isinstance(out, PolicyOutput):
             self.events.extend({"step": step, "group": group.name, **e} for e in out.events)
             out = out.expressed
-        if method in ("express", "measure") and out is not None:
+        if method in ("express", "measure") and out is not None and not getattr(policy, "keeps_unit_range", False):
             self._check_unit(out, f"policy {name!r} of group {group.name!r}", step, method)
         return out
 
@@ -604,3 +635,9 @@ def _masked_update(old: torch.Tensor, new: torch.Tensor, mask: torch.Tensor) -> 
     out = old.clone()
     out[mask] = new[mask].to(out)
     return out
+
+
+def _shares_storage(tensor: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a view of (or the same memory as) any of ``others``."""
+    pointer = tensor.untyped_storage().data_ptr()
+    return any(pointer == other.untyped_storage().data_ptr() for other in others)
