@@ -26,6 +26,7 @@ class Honest:
     Params: ClassVar = NoParams
     # The dynamics read an honest agent's current values directly, even mid-step.
     expresses_own_values: ClassVar[bool] = True
+    keeps_unit_range: ClassVar[bool] = True  # its agents' values, which the engine holds in [0, 1]
 
     def __init__(self, params):
         self.params = params
@@ -46,6 +47,7 @@ class Zealot:
         """The vector to show (one number, a list in dimension order, or a mapping); default: initial values."""
 
     expresses_own_values: ClassVar[bool] = False
+    keeps_unit_range: ClassVar[bool] = True  # initial values, or a vector validated in [0, 1]
 
     def __init__(self, params):
         self.params = params

@@ -39,6 +39,9 @@ def layout(scenario: Scenario) -> tuple[Group, ...]:
 
 def initial_values(scenario: Scenario, rng: Streams) -> torch.Tensor:
     """``[B, N, K]`` float32 initial values in [0, 1]."""
+    distinct, inverse = _distinct_streams(rng)
+    if inverse is not None:  # worlds on one stream draw alike: draw once per stream, then copy
+        return initial_values(scenario, distinct)[inverse]
     dims = tuple(scenario.spec.values.dimensions)
     parts = []
     for i, spec in enumerate(scenario.spec.population):
@@ -66,6 +69,11 @@ def _group_values(scenario, spec: GroupSpec, dims, rng: Streams, where) -> torch
 
 def agent_params(scenario: Scenario, rng: Streams) -> AgentParams:
     """Per-agent parameters, each ``[B or 1, N]``."""
+    distinct, inverse = _distinct_streams(rng)
+    if inverse is not None:
+        drawn = agent_params(scenario, distinct)
+        return AgentParams(**{name: value if value.shape[0] == 1 else value[inverse]
+                              for name, value in vars(drawn).items()})
     specs = scenario.spec.population
     out = {}
     for name, (low, high) in PARAM_RANGES.items():
@@ -80,6 +88,19 @@ def agent_params(scenario: Scenario, rng: Streams) -> AgentParams:
         out[name] = value.to(torch.float32)
     out["zealot"] = _zealots(specs, rng)
     return AgentParams(**out)
+
+
+def _distinct_streams(rng: Streams) -> tuple[Streams, torch.Tensor | None]:
+    """The streams of ``rng`` without repeats and, where some repeat, each world's index among them.
+
+    A Shapley batch holds thousands of coalitions on a handful of streams; their populations are equal, so
+    drawing once per (stream, step) and copying is the same bits at a fraction of the cost.
+    """
+    pairs = torch.stack([rng.stream, rng.step], dim=1)
+    unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
+    if unique.shape[0] == rng.b:
+        return rng, None
+    return Streams(rng.seed, unique[:, 0], unique[:, 1]), inverse
 
 
 def _zealots(specs: list[GroupSpec], rng: Streams) -> torch.Tensor:

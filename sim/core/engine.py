@@ -98,6 +98,9 @@ class Simulation:
     protocols: list[tuple[str, Any]] = field(default_factory=list)
     alignment: list[tuple[str, Any]] = field(default_factory=list)  # alignment rules, step 4
     redraw: Redraw | None = None
+    # With per-world graphs (network.independent): the network of worlds on the given [B] streams, for worlds
+    # restarted on new streams and checkpoints restored (``sim.config.build.WorldNetworks``); None: one graph.
+    renetwork: Callable[[torch.Tensor], Any] | None = None
     # Events the policies and protocols reported since the runner last took them (LLM exchanges, ...).
     events: list[dict[str, Any]] = field(default_factory=list)
 
@@ -110,6 +113,7 @@ class Simulation:
                        dtype=torch.bool, device=self.world.device)
             for g, base in zip(self.world.groups, self.baselines)])[None]
         self._fingerprint = self._checksum()
+        self._own_seen: tuple[torch.Tensor, int] | None = None
         self._resets = 0
         self._step_cache: dict[str, torch.Tensor] = {}
         self._variants: dict[int, tuple[list[tuple[str, Any]], torch.Tensor]] = {}
@@ -161,9 +165,15 @@ class Simulation:
     def _sync_honesty(self) -> None:
         """``world.honest`` for this step: [1, N] while every agent acts by its own policy, else per world."""
         own = self.state.own_policy
+        # own_policy rarely changes: skip two passes over [B, N] per step while it is the same tensor, unwritten
+        # (held here, so that its id cannot be reused by another tensor)
+        seen = (own, own._version)
+        if self._own_seen is not None and self._own_seen[0] is own and self._own_seen[1] == own._version:
+            return
         honest = self._honest_own if bool(own.all()) else torch.where(own, self._honest_own, self._honest_base)
         if honest.shape != self.world.honest.shape or not torch.equal(honest, self.world.honest):
             self.world = replace(self.world, honest=honest)
+        self._own_seen = seen
 
     def _hold_fixed(self, before: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Zealots and absent agents keep the values they had before the step."""
@@ -214,8 +224,13 @@ class Simulation:
     def _express(self, rng: Streams) -> torch.Tensor:
         if bool(self.world.honest.all()) and not self._actions_for("express"):
             return self.state.values
-        parts = [self._group_expression(group, rng) for group in self.world.groups]
-        expressed = torch.cat(parts, dim=1)
+        # Start from the values (what honest agents show) and write in the groups that show anything else:
+        # one copy, not a concatenation of every group's slice.
+        expressed = self.state.values.clone()
+        given = self._actions_for("express")
+        for group in self.world.groups:
+            if group.name in given or not bool(self.world.honest[:, group.rows].all()):
+                expressed[:, group.rows] = self._group_expression(group, rng)
         self.state.expressed = expressed
         return expressed
 
@@ -506,6 +521,8 @@ class Simulation:
             mask = mask | mask[twin]
             streams = stream[mask]
         self.rng = Streams(self.rng.seed, stream, self.rng.step)
+        if self.renetwork is not None:  # a world's graph is its stream's: a new stream brings a new graph
+            self.world = replace(self.world, network=self.renetwork(stream))
         fresh = Streams(self.rng.seed, streams).at(-1)
         initial, params = self.redraw(fresh)
         self._write_worlds(mask, initial.to(self.world.device), params)
@@ -603,7 +620,10 @@ class Simulation:
             params = AgentParams(**{k: v.to(device) for k, v in snap["params"].items()})
             self.world = replace(self.world, initial=snap["initial"].to(device), params=params)
             self._resets = 1
-        self.rng = Streams.from_state_dict(self.rng.seed, snap["streams"], device)
+        rng = Streams.from_state_dict(self.rng.seed, snap["streams"], device)
+        if self.renetwork is not None and not torch.equal(rng.stream, self.rng.stream):
+            self.world = replace(self.world, network=self.renetwork(rng.stream))  # graphs of restarted worlds
+        self.rng = rng
         self.metric_carry = snap["metric_carry"]
 
     def fingerprint(self) -> list[float]:
@@ -612,7 +632,7 @@ class Simulation:
 
     def _checksum(self) -> list[float]:
         w = self.world
-        return [float(w.initial.double().sum()), float(w.network.col.double().sum()), float(w.n), float(w.b)]
+        return [float(w.initial.double().sum()), float(w.network.cols.double().sum()), float(w.n), float(w.b)]
 
 
 def _checked_param(name: str, value: torch.Tensor) -> torch.Tensor:
