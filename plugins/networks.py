@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import networkx as nx
 import numpy as np
@@ -32,6 +32,7 @@ class Complete:
     """Everyone is connected to everyone (N(N-1)/2 edges: mind the memory at large N)."""
 
     Params = NoParams
+    random: ClassVar[bool] = False  # one graph whatever the seed: network.independent is refused with it
 
     def __init__(self, params: NoParams):
         self.params = params
@@ -331,6 +332,8 @@ class FromFile:
     many nodes as the population has agents (an edge list names only nodes
     that have at least one edge).
     """
+
+    random: ClassVar[bool] = False  # the file's graph whatever the seed: network.independent is refused with it
 
     class Params(PluginParams):
         path: str

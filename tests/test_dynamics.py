@@ -215,7 +215,8 @@ def test_kernels_draw_the_pairs_of_sample_pairs_and_of_the_reference(masked, rul
     used_np = (torch.full((b,), count) if used is None else used).numpy()
     net = world.network
     focal, partner = sample_pairs(net, count, rng, "deffuant", active, used, rule)
-    got_focal, got_partner = _numba.draw_pairs(net.rowptr.numpy(), net.col.numpy(), rng.key("deffuant/focal").numpy(),
+    got_focal, got_partner = _numba.draw_pairs(net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(b).numpy(),
+                                               rng.key("deffuant/focal").numpy(),
                                                rng.key("deffuant/partner").numpy(), count, used_np,
                                                state.active.numpy(), masked, rule == "aligned")
     np.testing.assert_array_equal(got_focal, focal.numpy())
@@ -285,8 +286,7 @@ def test_one_world_on_two_threads_equals_one_thread(monkeypatch, pipeline, b, ru
     net = world.network
     x = torch.full_like(values, np.nan)
     _numba.deffuant(values.numpy(), x.numpy(), values.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(),
-                    net.rowptr.numpy(),
-                    net.col.numpy(), rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(),
+                    net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(b).numpy(), rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(),
                     used.numpy(), state.active.numpy(), True, world.params.confidence.numpy(),
                     world.params.rate.numpy(), 0, np.inf, pipeline=pipeline, aligned=rule == "aligned")
     focal, partner = sample_pairs(net, count, rng, "deffuant", state.active, used, rule)

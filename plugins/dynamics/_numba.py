@@ -178,9 +178,11 @@ def _masked_partners(rowptr, col, key_partner, lo, hi, active, focal, partner):
 
 
 @njit(cache=True)
-def draw_pairs(rowptr, col, keys_focal, keys_partner, count, used, active, masked, aligned=True):
+def draw_pairs(rowptrs, col, graph, keys_focal, keys_partner, count, used, active, masked, aligned=True):
     """``[B, count]`` focal and partner arrays as the kernels draw them (-1 and -1 in unused and spent slots).
 
+    ``rowptrs`` [G, N + 1], ``col`` and ``graph`` [B]: the network as ``Network.rowptrs``, ``.cols`` and
+    ``.world_graph(B)`` (world b draws on graph ``graph[b]``, its row pointers indexing the one ``col``);
     ``used`` [B]: slots each world uses; ``active`` [B, N] bool (read when
     ``masked``); ``aligned``: the absence rule (False: rebuilt). The same
     pairs as ``sim.core.pairing.sample_pairs``.
@@ -193,8 +195,8 @@ def draw_pairs(rowptr, col, keys_focal, keys_partner, count, used, active, maske
         m = _active_order(active[b], order) if masked and not aligned else n
         if m == 0 or used[b] == 0:
             continue
-        _draw_pairs(rowptr, col, np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), 0, used[b], masked, aligned,
-                    active[b], order, m, focal[b], partner[b])
+        _draw_pairs(rowptrs[graph[b]], col, np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), 0, used[b], masked,
+                    aligned, active[b], order, m, focal[b], partner[b])
     return focal, partner
 
 
@@ -367,29 +369,29 @@ def _deffuant_world(x, shown, fixed, any_fixed, rowptr, col, key_focal, key_part
 
 
 @njit(cache=True, nogil=True)
-def _deffuant_serial(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active,
-                     eps, eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_serial(values, x, shown, fixed, rowptrs, col, graph, keys_focal, keys_partner, used, masked, aligned,
+                     active, eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """Worlds one after another on the calling thread (no hand-off to a thread pool)."""
     for b in range(x.shape[0]):
         _copy(values[b], x[b])
         fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
+        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptrs[graph[b]], col, np.uint64(keys_focal[b]),
                         np.uint64(keys_partner[b]), used[b], masked, aligned, active[b], eb, eps_uniform[b], mb,
                         mu_uniform[b], metric, repulse)
 
 
 @njit(cache=True, parallel=True)
-def _deffuant_worlds(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active,
-                     eps, eps_uniform, mu, mu_uniform, metric, repulse):
+def _deffuant_worlds(values, x, shown, fixed, rowptrs, col, graph, keys_focal, keys_partner, used, masked, aligned,
+                     active, eps, eps_uniform, mu, mu_uniform, metric, repulse):
     """Worlds in parallel, each on one thread (which also copies its world's values in)."""
     for b in prange(x.shape[0]):
         _copy(values[b], x[b])
         fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptr, col, np.uint64(keys_focal[b]),
+        _deffuant_world(x[b], shown[b], fb, fb.any(), rowptrs[graph[b]], col, np.uint64(keys_focal[b]),
                         np.uint64(keys_partner[b]), used[b], masked, aligned, active[b], eb, eps_uniform[b], mb,
                         mu_uniform[b], metric, repulse)
 
@@ -488,10 +490,11 @@ def _deffuant_pipelined(values, x, shown, fixed, rowptr, col, key_focal, key_par
         drawing.result()
 
 
-def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, active, masked, eps, mu,
+def deffuant(values, x, shown, fixed, rowptrs, col, graph, keys_focal, keys_partner, used, active, masked, eps, mu,
              metric, repulse, pipeline: bool | None = None, eps_uniform=None, mu_uniform=None, aligned: bool = True):
     """One Deffuant step of B worlds: ``x`` (any contents) becomes ``values`` [B, N, K] float32 after the step.
 
+    ``rowptrs`` [G, N + 1], ``col``, ``graph`` [B]: the network (as :func:`draw_pairs`).
     ``shown`` [B, N, K]: what agents marked in ``fixed`` [B or 1, N] show
     instead of their values; ``keys_focal``, ``keys_partner`` [B] int64: the
     worlds' ``Streams.key`` of the two purposes; ``used`` [B]: pairs drawn
@@ -512,14 +515,14 @@ def deffuant(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, use
         pipeline = threads > 1 and x.shape[0] < threads and int(used.max(initial=0)) >= PIPELINE_MIN_PAIRS
     if not pipeline:
         drive = _deffuant_worlds if threads > 1 and x.shape[0] >= threads else _deffuant_serial
-        drive(values, x, shown, fixed, rowptr, col, keys_focal, keys_partner, used, masked, aligned, active, eps,
-              eps_uniform, mu, mu_uniform, metric, repulse)
+        drive(values, x, shown, fixed, rowptrs, col, graph, keys_focal, keys_partner, used, masked, aligned, active,
+              eps, eps_uniform, mu, mu_uniform, metric, repulse)
         return
     for b in range(x.shape[0]):
         def row(a):
             return a[0] if a.shape[0] == 1 else a[b]
 
-        _deffuant_pipelined(values[b], x[b], shown[b], row(fixed), rowptr, col, int(keys_focal[b]),
+        _deffuant_pipelined(values[b], x[b], shown[b], row(fixed), rowptrs[graph[b]], col, int(keys_focal[b]),
                             int(keys_partner[b]), int(used[b]), masked, aligned, active[b], row(eps),
                             bool(eps_uniform[b]),
                             row(mu), bool(mu_uniform[b]), metric, repulse)
@@ -599,8 +602,8 @@ def _bias_world(x, shown, fixed, any_fixed, masked, aligned, active, rowptr, col
 
 
 @njit(cache=True, parallel=True)
-def algorithmic_bias(x, shown, fixed, active, masked, rowptr, col, keys_focal, keys_partner, used, eps, mu, metric,
-                     repulse, gamma, floor, aligned):
+def algorithmic_bias(x, shown, fixed, active, masked, rowptrs, col, graph, keys_focal, keys_partner, used, eps, mu,
+                     metric, repulse, gamma, floor, aligned):
     """Deffuant with the partner drawn with probability proportional to distance^-gamma, in place on ``x``.
 
     The partner depends on the current values, so each world runs its draws
@@ -610,13 +613,16 @@ def algorithmic_bias(x, shown, fixed, active, masked, rowptr, col, keys_focal, k
         fb = fixed[0] if fixed.shape[0] == 1 else fixed[b]
         eb = eps[0] if eps.shape[0] == 1 else eps[b]
         mb = mu[0] if mu.shape[0] == 1 else mu[b]
-        _bias_world(x[b], shown[b], fb, fb.any(), masked, aligned, active[b], rowptr, col, np.uint64(keys_focal[b]),
-                    np.uint64(keys_partner[b]), used[b], eb, mb, metric, repulse, gamma, floor)
+        _bias_world(x[b], shown[b], fb, fb.any(), masked, aligned, active[b], rowptrs[graph[b]], col,
+                    np.uint64(keys_focal[b]), np.uint64(keys_partner[b]), used[b], eb, mb, metric, repulse, gamma,
+                    floor)
 
 
 @njit(cache=True, parallel=True)
-def hk_means(x, shows, active, rowptr, col, eps, metric, out):
-    """Hegselmann–Krause accepted means into ``out`` [B, N, K]; one agent per parallel iteration."""
+def hk_means(x, shows, active, rowptrs, col, graph, eps, metric, out):
+    """Hegselmann–Krause accepted means into ``out`` [B, N, K]; one agent per parallel iteration.
+
+    ``rowptrs`` [G, N + 1], ``col``, ``graph`` [B]: the network (as :func:`draw_pairs`)."""
     b_worlds, n, k_dims = x.shape
     for flat in prange(b_worlds * n):
         b = flat // n
@@ -626,6 +632,7 @@ def hk_means(x, shows, active, rowptr, col, eps, metric, out):
         cnt = np.ones(k_dims, dtype=np.float64)
         for k in range(k_dims):
             acc[k] = x[b, i, k]
+        rowptr = rowptrs[graph[b]]
         for p in range(rowptr[i], rowptr[i + 1]):
             j = col[p]
             if not active[b, j]:

@@ -25,7 +25,8 @@ Kernels: ``numba`` (compiled, CPU: the pairs hashed inline from the worlds'
 streams, then applied; worlds in parallel, or one world on two threads) and
 ``torch`` (``sim.core.pairing.sample_pairs``, then rounds of disjoint pairs,
 any device) draw the same pairs and give the same values bit for bit;
-``auto`` takes numba on the CPU and torch elsewhere.
+``auto`` takes numba on the CPU and torch elsewhere. With per-world graphs
+(``network.independent``) each world draws its partners on its own graph.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ class Deffuant:
         eps = world.params.confidence.to(torch.float32).contiguous()
         mu = _rates(world).contiguous()
         _numba.deffuant(values.numpy(), x.numpy(), shown.contiguous().numpy(), fixed.contiguous().numpy(),
-                        net.rowptr.numpy(), net.col.numpy(), stream_keys(rng, "deffuant/focal"),
+                        net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(world.b).numpy(),
+                        stream_keys(rng, "deffuant/focal"),
                         stream_keys(rng, "deffuant/partner"), used.numpy(),
                         state.active.contiguous().numpy(), masked, eps.numpy(), mu.numpy(),
                         METRICS[self.params.distance], np.inf if repulse is None else float(repulse),
@@ -202,7 +204,8 @@ class AlgorithmicBias(Deffuant):
         repulse = self.params.repulsion
         _numba.algorithmic_bias(
             x.numpy(), shown_np, fixed.cpu().contiguous().numpy(), active.numpy(), not bool(active.all()),
-            net.rowptr.numpy(), net.col.numpy(), stream_keys(rng, "algorithmic_bias/focal"),
+            net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(world.b).numpy(),
+            stream_keys(rng, "algorithmic_bias/focal"),
             stream_keys(rng, "algorithmic_bias/partner"), used.numpy(),
             world.params.confidence.to(torch.float32).cpu().contiguous().numpy(),
             _rates(world).cpu().contiguous().numpy(), METRICS[self.params.distance],

@@ -19,6 +19,13 @@ def _distance(a: np.ndarray, b: np.ndarray, metric: str) -> float:
     return float(np.max(np.abs(diff)))
 
 
+def world_csr(rowptrs, cols, graph, b):
+    """World b's own graph as one ``(rowptr, col)`` from per-world graphs (``Network.rowptrs``, ``.cols``,
+    ``.world_graph(B)``): the loops below take one graph, and each world of a batch is fed its own."""
+    rowptr = np.asarray(rowptrs)[int(graph[b])]
+    return rowptr - rowptr[0], np.asarray(cols)[rowptr[0]:rowptr[-1]]
+
+
 def pairs_reference(rowptr, col, active, u_focal, u_partner, used, rule="aligned"):
     """One world's (focal, partner) slots from their float64 uniforms, as ``sim.core.pairing`` defines them.
 

@@ -14,7 +14,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 import torch
 
-from sim.contracts import Interval, PluginParams, State, Streams, World
+from sim.contracts import Interval, Network, PluginParams, State, Streams, World
 
 from .pairwise import METRICS, _all
 
@@ -48,11 +48,12 @@ class HegselmannKrause:
             from . import _numba
 
             mean = torch.empty_like(values)
+            net = world.network
             _numba.hk_means(values.contiguous().numpy(), shows.contiguous().numpy(), state.active.numpy(),
-                      world.network.rowptr.numpy(), world.network.col.numpy(), eps.contiguous().numpy(),
-                      metric, mean.numpy())
+                            net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(world.b).numpy(),
+                            eps.contiguous().numpy(), metric, mean.numpy())
         else:
-            mean = hk_means_torch(values, shows, state.active, world, eps, metric)
+            mean = hk_means_torch(values, shows, state.active, world.network, eps, metric)
         if self.params.rate == 1.0:
             new = mean
         else:
@@ -62,10 +63,19 @@ class HegselmannKrause:
         return new if _all(state.active) else torch.where(state.active[..., None], new, values)
 
 
-def hk_means_torch(values, shows, active, world: World, eps, metric: int, chunk_edges: int = 1 << 22):
-    """Accepted means by scatter-add over the edge list, in chunks of edges to bound memory."""
+def hk_means_torch(values, shows, active, net: Network, eps, metric: int, chunk_edges: int = 1 << 22):
+    """Accepted means by scatter-add over the edge list, in chunks of edges to bound memory.
+
+    With per-world graphs, the worlds of each graph in turn: the same code as a run of those worlds alone.
+    """
+    if not net.shared:
+        mean = torch.empty_like(values)
+        for worlds, graph in net.by_graph():
+            eps_g = eps if eps.shape[0] == 1 else eps[worlds]
+            mean[worlds] = hk_means_torch(values[worlds], shows[worlds], active[worlds], graph, eps_g, metric,
+                                          chunk_edges)
+        return mean
     b, n, k = values.shape
-    net = world.network
     rows, cols = net.rows(), net.col
     acc = values.double().clone()
     cnt = torch.ones_like(acc)

@@ -33,6 +33,9 @@ EDGE_BYTES = 64
 """Per undirected edge: the edge array and both directions of the CSR index (int64), and sorting them."""
 NETWORKX_EDGE_BYTES = 600
 """Per edge of a graph built by networkx (dicts of dicts) before it becomes tensors."""
+STORED_EDGE_BYTES = 16
+"""Per undirected edge of each further per-world graph (``network.independent``): both directions in ``cols``
+(int64). Graphs are built one at a time, so building costs count once."""
 PAIR_BYTES = 24
 """Per pairwise interaction slot of a step and world: focal, partner and a uniform draw."""
 NETWORKX_GENERATORS = ("barabasi_albert", "powerlaw_cluster")
@@ -40,8 +43,10 @@ GENERATOR_EDGE_LIMIT = 100_000_000
 """The first-party generators refuse more edges than this themselves (``plugins.networks.MAX_EDGES``)."""
 
 
-def check_budget(scenario: Scenario, worlds: int) -> None:
-    """Refuse, with what it would need, a scenario of ``worlds`` worlds that cannot fit in this machine's memory."""
+def check_budget(scenario: Scenario, worlds: int, graphs: int = 1) -> None:
+    """Refuse, with what it would need, a scenario of ``worlds`` worlds that cannot fit in this machine's memory.
+
+    ``graphs``: how many graphs the worlds hold (one per distinct stream with ``network.independent``)."""
     spec = scenario.spec
     n, k = spec.num_agents, len(spec.values.dimensions)
     if n >= MAX_AGENTS:
@@ -55,7 +60,7 @@ def check_budget(scenario: Scenario, worlds: int) -> None:
         "values": worlds * n * k * VALUE_BYTES,
         "parameters": (worlds if _parameters_vary(spec) else 1) * n * PARAM_BYTES,
         "network": edges * (EDGE_BYTES + (NETWORKX_EDGE_BYTES if spec.network.generator in NETWORKX_GENERATORS
-                                          else 0)),
+                                          else 0)) + (graphs - 1) * (edges * STORED_EDGE_BYTES + (n + 1) * 8),
         "pairwise draws": worlds * _pair_slots(spec, n) * PAIR_BYTES,
     }
     need, have = sum(parts.values()), available_memory()

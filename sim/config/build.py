@@ -16,14 +16,14 @@ import torch
 from .. import registry
 from ..core.contracts import NetworkRequest
 from ..core.engine import Simulation
-from ..core.network import build_network, edges_to_network
+from ..core.network import build_network, edges_to_network, stack_networks
 from ..core.rng import Streams, network_seed
 from ..core.state import AGENT_PARAMETERS, State, World
 from ..errors import ScenarioError, ValuesimError
 from .budget import check_budget
 from .population import agent_params, initial_values, layout
 from .scenario import Scenario, instantiate
-from .schema import INDEPENDENT_NETWORKS, PluginRef
+from .schema import PluginRef
 
 
 def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: str | torch.device = "cpu",
@@ -58,12 +58,18 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
     if spec.counterfactual:  # a twin of every world on the same stream, without the named groups
         rng = Streams(run_seed, torch.cat([rng.stream, rng.stream]))
     b = rng.b
-    check_budget(scenario, b)  # sizes that cannot fit are refused before anything is allocated
-    if spec.network.independent and b > 1:  # refused, never faked: the engine holds one network for all worlds
-        raise ScenarioError(INDEPENDENT_NETWORKS.format(worlds=b))
+    per_world = spec.network.independent and network is None
+    graphs = int(torch.unique(rng.stream).numel()) if per_world else 1
+    check_budget(scenario, b, graphs)  # sizes that cannot fit are refused before anything is allocated
     groups = layout(scenario)
     n = groups[-1].stop
-    if network is None:
+    renetwork = None
+    if per_world and max(graphs, spec.worlds) > 1:
+        _check_random_network(scenario)
+    if per_world:
+        renetwork = WorldNetworks(scenario, groups, run_seed, device)
+        net = renetwork(rng.stream)
+    elif network is None:
         net = _scenario_network(scenario, groups, network_seed(run_seed))
     else:
         net = edges_to_network(n, network)
@@ -99,7 +105,8 @@ def build_simulation(scenario: Scenario, *, worlds: int | None = None, device: s
                             alignment=[(key, instantiate("alignment", ref))
                                        for key, ref in zip(protocol_keys(spec.alignment), spec.alignment)],
                             redraw=lambda fresh: (initial_values(scenario, fresh).to(device),
-                                                  agent_params(scenario, fresh).to(device)))
+                                                  agent_params(scenario, fresh).to(device)),
+                            renetwork=renetwork)
     _prepare_plugins(scenario, world, "dynamics", dynamics)
     _prepare_plugins(scenario, world, "metrics", simulation.metrics)
     _start_protocols(scenario, simulation)
@@ -171,6 +178,39 @@ def _device(name: str | torch.device) -> torch.device:
     if device is None or device.type not in ("cpu", "cuda"):
         raise ScenarioError(f"must be cpu, cuda or cuda:<index>, got {str(name)!r}", location="--device")
     return device
+
+
+class WorldNetworks:
+    """The graphs of ``network.independent: true``: one per distinct stream, from ``network_seed(seed, stream)``.
+
+    Called with the worlds' ``[B]`` streams it returns their network (one graph when they all share a
+    stream); a graph whose stream is still in use is kept, not rebuilt (``Simulation.reset_worlds`` calls
+    it with the new streams, ``Simulation.restore`` with a checkpoint's). A checkpoint therefore stores no
+    graph: each is rebuilt from the seed and its stream.
+    """
+
+    def __init__(self, scenario: Scenario, groups, seed: int, device: torch.device):
+        self.scenario, self.groups, self.seed, self.device = scenario, groups, seed, device
+        self.streams: list[int] = []  # the stream of each graph of self.network
+        self.network = None  # on the CPU
+
+    def __call__(self, stream: torch.Tensor):
+        distinct, graph = torch.unique(stream.cpu(), return_inverse=True)
+        keys = distinct.tolist()
+        kept = {s: g for g, s in enumerate(self.streams)}
+        built = [self.network.graph_at(kept[s]) if s in kept else
+                 _scenario_network(self.scenario, self.groups, network_seed(self.seed, s)) for s in keys]
+        self.streams, self.network = keys, stack_networks(built, graph)
+        return self.network.to(self.device)
+
+
+def _check_random_network(scenario: Scenario) -> None:
+    """``independent: true`` over several worlds asks for graphs that differ: refused for a generator whose graph
+    does not depend on the seed (``random = False``: a file, the complete graph), rather than built G times."""
+    name = scenario.spec.network.generator
+    if not getattr(registry.get("networks", name), "random", True):
+        raise scenario.error("network.independent", f"the {name!r} generator is not random, so every world "
+                             "would get the same graph; drop independent: true")
 
 
 def _scenario_network(scenario: Scenario, groups, seed: int):

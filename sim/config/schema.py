@@ -263,8 +263,10 @@ class NetworkSpec(Strict):
     generator: str = "complete"
     params: dict[str, Any] = Field(default_factory=dict)
     independent: bool = False
-    """One network drawn per world (replicates that differ in their graph too) instead of one graph shared by
-    all worlds. Not supported yet for more than one world: the engine holds one network for all of them."""
+    """A graph per world instead of one shared by all: each world's graph is drawn from (seed, its stream), so
+    replicates differ in their network too and their spread counts the graph's variance; worlds on one stream
+    (Shapley coalitions, counterfactual twins, a sweep's paired points) share a graph, and stream 0's is the
+    shared graph. Refused with a generator that is not random (``file``, ``complete``)."""
 
 
 class StopSpec(Strict):
@@ -323,11 +325,6 @@ def _unique_dimensions(spec: ValueSpaceSpec) -> ValueSpaceSpec:
     return spec
 
 
-INDEPENDENT_NETWORKS = ("network.independent: an independent network per world is not supported yet with "
-                        "{worlds} worlds (the engine holds one network shared by all worlds); run the replicates "
-                        "as separate runs with --worlds 1 and different seeds")
-
-
 class ScenarioSpec(Strict):
     """One simulation, as written in a scenario file."""
 
@@ -356,12 +353,6 @@ class ScenarioSpec(Strict):
     """Step 4 of every step: rules that move AI groups' own values toward the humans they serve, in order."""
     stop: StopSpec = StopSpec()
     log: LogSpec = LogSpec()
-
-    @model_validator(mode="after")
-    def _one_network_per_run(self) -> "ScenarioSpec":
-        if self.network.independent and self.worlds > 1:
-            raise PydanticCustomError("not_supported", INDEPENDENT_NETWORKS, {"worlds": self.worlds})
-        return self
 
     @model_validator(mode="after")
     def _unique_groups(self) -> "ScenarioSpec":

@@ -18,6 +18,20 @@ for the worlds at the current step. Draw fixed-shape tensors ``[B, ...]`` for a
 named purpose (``rng.uniform("mypolicy/jitter", (B, n, K))``), one purpose per
 distinct draw, never a number of values that depends on the state: world b's
 numbers then depend only on its stream, so twin worlds share them.
+
+The network: a plugin that reads ``world.network`` (a
+:class:`~sim.core.state.Network`) must also serve per-world graphs, which a
+scenario asks for with ``network.independent: true``: each stream's world
+then has its own graph. ``network.rowptr``, ``.col`` and ``.degree()`` are
+the one shared graph and raise ``NetworkError`` with per-world graphs (the
+engine stops the run naming the plugin and the step), so a plugin written
+for one graph never silently reads another world's. The accessors that work
+in both cases: ``network.by_graph()`` (the worlds on each graph, and that
+graph alone: run the one-graph code once per entry on those worlds' rows),
+``network.of_world(b)``, ``network.world_degree()`` ``[B or 1, N]``, and for
+compiled kernels ``network.rowptrs`` ``[G, N + 1]``, ``network.cols`` and
+``network.world_graph(B)``. ``sim.core.ops.neighbour_sums`` and
+``neighbour_min`` already do this.
 """
 
 from __future__ import annotations
@@ -151,6 +165,13 @@ class NetworkGenerator(_Contract):
     ``build(request)`` returns a ``networkx.Graph`` on nodes ``0..N-1`` or an
     edge array ``[E, 2]`` of int64 node indices. Direction, self-loops and
     duplicates are cleaned up by ``sim.core.network``.
+
+    With ``network.independent: true`` it is called once per distinct world
+    stream, each time with that stream's ``request.seed``. A generator whose
+    graph does not depend on the seed (a file, the complete graph) sets the
+    class attribute ``random = False``; the build then refuses
+    ``independent: true`` for several streams instead of building identical
+    graphs. Without the attribute a generator counts as random.
     """
 
     Params: ClassVar[type[BaseModel]]

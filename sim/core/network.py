@@ -53,6 +53,23 @@ def build_network(generator: NetworkGenerator, request: NetworkRequest) -> Netwo
         raise ValueError(f"network generator {type(generator).__name__}: {error}") from None
 
 
+def stack_networks(networks: list[Network], graph: torch.Tensor) -> Network:
+    """One network holding ``networks`` (one graph each, over the same N agents) as per-world graphs.
+
+    ``graph`` [B] int64 names each world's entry of ``networks``. Graph g's row
+    pointers are shifted by the edges stored before it, so that they index the
+    one concatenated ``cols`` (see :class:`~sim.core.state.Network`).
+    """
+    if len(networks) == 1:
+        return networks[0]
+    n = networks[0].n
+    if any(net.n != n for net in networks):
+        raise ValueError("per-world graphs must all have the same number of agents")
+    offsets = torch.tensor([0] + [int(net.col.numel()) for net in networks]).cumsum(0)
+    rowptrs = torch.stack([net.rowptr + offsets[g] for g, net in enumerate(networks)])
+    return Network(n, rowptrs, torch.cat([net.col for net in networks]), graph.to(torch.int64))
+
+
 def _is_graph(edges: Any) -> bool:
     # Duck-typed so that sim does not need networkx at import time for arrays.
     return hasattr(edges, "nodes") and hasattr(edges, "edges") and hasattr(edges, "number_of_nodes")

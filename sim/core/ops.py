@@ -32,8 +32,12 @@ def neighbour_sums(network: Network, start: int, stop: int, x: torch.Tensor,
 
     ``x`` is ``[B, N, F]``, ``weight`` ``[B, N]`` (for example the active mask
     as floats: absent neighbours count for nothing) or None (every neighbour
-    counts 1). Returns ``sums [B, stop - start, F]`` and ``count [B, stop - start]``.
+    counts 1). Returns ``sums [B, stop - start, F]`` and ``count [B, stop - start]``. With per-world graphs
+    each world sums over its own graph's neighbours.
     """
+    if not network.shared:
+        tensors = (x,) if weight is None else (x, weight)
+        return per_graph(network, lambda graph, *rows: neighbour_sums(graph, start, stop, *rows), *tensors)
     lo, hi = int(network.rowptr[start]), int(network.rowptr[stop])
     cols = network.col[lo:hi]
     degree = network.degree()[start:stop]
@@ -55,8 +59,11 @@ def neighbour_min(network: Network, start: int, stop: int, x: torch.Tensor, incl
                   empty: float) -> torch.Tensor:
     """For agents ``start:stop``: the smallest ``x[b, j]`` (``x`` [B, N]) over neighbours j with ``include[b, j]``.
 
-    ``empty`` where an agent has no such neighbour.
+    ``empty`` where an agent has no such neighbour. With per-world graphs, over each world's own graph.
     """
+    if not network.shared:
+        return per_graph(network, lambda graph, xs, inc: neighbour_min(graph, start, stop, xs, inc, empty),
+                         x, include)[0]
     lo, hi = int(network.rowptr[start]), int(network.rowptr[stop])
     cols = network.col[lo:hi]
     degree = network.degree()[start:stop]
@@ -65,6 +72,23 @@ def neighbour_min(network: Network, start: int, stop: int, x: torch.Tensor, incl
     vals = torch.where(include.expand(b, -1)[:, cols], x.expand(b, -1)[:, cols], torch.full((), empty, dtype=x.dtype))
     out = torch.full((b, stop - start), empty, dtype=x.dtype, device=x.device)
     return out.scatter_reduce(1, owner.expand(b, -1), vals, reduce="amin")
+
+
+def per_graph(network: Network, compute, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Run one-graph code on per-world graphs: ``compute(graph, *rows)`` once per graph, on the rows of the
+    worlds that use it (a tensor with a leading 1 is passed whole: it broadcasts), the results (``[B_g or 1,
+    ...]`` tensors, or a tuple of them) put back in world order as ``[B, ...]``. World b's result is the one
+    ``compute`` gives for it alone."""
+    b = network.graph.numel()
+    outs: list[torch.Tensor] | None = None
+    for worlds, graph in network.by_graph():
+        part = compute(graph, *(t if t.shape[0] == 1 else t[worlds] for t in tensors))
+        part = part if isinstance(part, tuple) else (part,)
+        if outs is None:
+            outs = [torch.empty((b, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in part]
+        for out, p in zip(outs, part):
+            out[worlds] = p.expand(worlds.numel(), *p.shape[1:])
+    return tuple(outs)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1) -> torch.Tensor:

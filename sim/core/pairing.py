@@ -122,7 +122,15 @@ def partners(network: Network, focal: torch.Tensor, u: torch.Tensor,
     mask the active neighbours are counted with a running sum over the edge
     list (``[B, E]``), and the pick is found by a sorted search in it.
     Focal -1 (an unused slot) and a focal agent without candidates give -1.
+    With per-world graphs each world's partners are drawn on its own graph,
+    by the same code as a run of that world alone.
     """
+    if not network.shared:
+        partner = torch.empty_like(focal)
+        for worlds, graph in network.by_graph():
+            mask = None if active is None else active[worlds]
+            partner[worlds] = partners(graph, focal[worlds], u[worlds], mask)
+        return partner
     if network.col.numel() == 0:
         return torch.full_like(focal, -1)
     edges = network.col.numel()

@@ -191,7 +191,14 @@ def _uniform_cpu(keys, shift, scale, out):
         out[b, i] = np.float64(z >> np.uint64(shift)) * scale
 
 
-def network_seed(seed: int) -> int:
-    """The 32-bit seed a run hands to networkx (one graph per run, shared by its worlds)."""
-    return mix64(mix64(seed & MASK64) ^ purpose_code("network")) % (2**32)
+def network_seed(seed: int, stream: int = 0) -> int:
+    """The 32-bit seed a run hands to its network generator (networkx, numpy).
 
+    One graph shared by every world is built from ``network_seed(seed)``. With
+    ``network.independent: true`` each world's graph is built from
+    ``network_seed(seed, its stream)``: a function of the stream, not of the
+    world's place in the batch, so world b of a batch has the graph of the
+    single-world run of its stream, and worlds that share a stream share a
+    graph. Stream 0's graph is the shared one.
+    """
+    return mix64(mix64(seed & MASK64) ^ purpose_code("network") ^ (int(stream) & MASK64)) % (2**32)
