@@ -103,23 +103,50 @@ def test_the_network_is_an_edge_list_that_matches_the_degrees(tmp_path, write_sc
     stored = {(int(a), int(b)) for a, b in zip(rows, col) if a < b}
     assert stored == set(zip(edges.source.tolist(), edges.target.tolist()))
     assert run.manifest["network"] == {"generator": "erdos_renyi", "independent": False, "shared_by_worlds": True,
-                                       "edges": len(edges), "directed": False, "file": "network.parquet"}
+                                       "graphs": 1, "edges": len(edges), "directed": False, "file": "network.parquet"}
 
 
-def test_independent_networks_per_world_are_refused_in_one_line_not_faked(tmp_path, write_scenario, capsys):
-    one = small_scenario(network={"generator": "erdos_renyi", "params": {"mean_degree": 6}, "independent": True})
-    path = sim.run(write_scenario(one), runs_dir=tmp_path / "one")  # one world: nothing to share
-    assert sim.open_run(path).manifest["network"]["independent"] is True
-    many = dict(one, worlds=3)
-    assert main(["validate", str(write_scenario(many, name="many.yaml"))]) == 2
+def test_independent_networks_give_each_world_its_own_edge_list_and_degrees(tmp_path, write_scenario, capsys):
+    many = small_scenario(network={"generator": "erdos_renyi", "params": {"mean_degree": 6}, "independent": True},
+                          worlds=3)
+    run = sim.open_run(sim.run(write_scenario(many), runs_dir=tmp_path / "many"))
+    network = run.manifest["network"]
+    assert network["independent"] is True and network["shared_by_worlds"] is False and network["graphs"] == 3
+    edges, agents = run.network(), run.agents()
+    assert list(edges.columns) == ["world", "source", "target"] and (edges.source < edges.target).all()
+    assert run.manifest["tables"]["network"]["keys"] == ["world", "source", "target"]
+    built = sim.build(sim.load_scenario(write_scenario(many, name="again.yaml"))).world.network
+    per_world = []
+    for world in range(3):
+        mine = run.network(world=world)
+        assert list(mine.columns) == ["source", "target"] and len(mine) == network["edges"][world]
+        graph = built.of_world(world)
+        stored = {(int(a), int(b)) for a, b in zip(graph.rows(), graph.col) if a < b}
+        assert stored == set(zip(mine.source.tolist(), mine.target.tolist()))
+        degree = np.bincount(np.concatenate([mine.source, mine.target]), minlength=180)
+        np.testing.assert_array_equal(agents[agents.world == world].sort_values("agent").degree.to_numpy(), degree)
+        per_world.append(set(zip(mine.source.tolist(), mine.target.tolist())))
+    assert per_world[0] != per_world[1] != per_world[2], "the worlds' graphs are the same"
+    # stream 0's graph is the one a shared network would be
+    shared = sim.open_run(sim.run(write_scenario(small_scenario(worlds=3), name="shared.yaml"),
+                                  runs_dir=tmp_path / "shared")).network()
+    assert set(zip(shared.source.tolist(), shared.target.tolist())) == per_world[0]
+
+
+def test_independent_networks_with_a_generator_that_is_not_random_are_refused_in_one_line(
+        tmp_path, write_scenario, capsys):
+    complete = small_scenario(network={"generator": "complete", "independent": True}, worlds=3)
+    assert main(["validate", str(write_scenario(complete))]) == 2
     message = _one_line(capsys.readouterr().err)
-    assert "network.independent" in message and "not supported yet with 3 worlds" in message
-    assert main(["run", str(write_scenario(one, name="flag.yaml")), "--worlds", "2", "--quiet",
-                 "--runs-dir", str(tmp_path / "flag")]) == 2
-    assert "not supported yet with 2 worlds" in _one_line(capsys.readouterr().err)
+    assert "network.independent" in message and "'complete' generator is not random" in message
+    assert main(["run", str(write_scenario(dict(complete, worlds=1), name="one.yaml")), "--worlds", "2",
+                 "--quiet", "--runs-dir", str(tmp_path / "flag")]) == 2
+    assert "is not random" in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "flag").exists(), "refused before anything was written"
-    with pytest.raises(ScenarioError, match="not supported yet with 4 worlds"):
-        sim.build(sim.load_scenario(write_scenario(one, name="api.yaml")), worlds=4)
+    one = sim.open_run(sim.run(write_scenario(dict(complete, worlds=1), name="alone.yaml"), runs_dir=tmp_path))
+    assert one.manifest["network"]["independent"] is True and one.manifest["network"]["shared_by_worlds"]
+    with pytest.raises(ScenarioError, match="is not random"):
+        sim.build(sim.load_scenario(write_scenario(dict(complete, worlds=1), name="api.yaml")), worlds=4)
 
 
 # ---------------------------------------------------------------- what every column and metric means

@@ -178,7 +178,7 @@ def network_snapshot(run, world: int | None = None, limit: int = NETWORK_LIMIT, 
     sampled = len(nodes) > limit
     if sampled:
         nodes = np.sort(np.random.default_rng(seed).choice(nodes, limit, replace=False))
-    edges = run.network()
+    edges = run.network(world=world)  # that world's own graph when worlds have their own
     keep = edges["source"].isin(nodes) & edges["target"].isin(nodes)
     graph = nx.Graph()
     graph.add_nodes_from(nodes.tolist())

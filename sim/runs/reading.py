@@ -93,9 +93,21 @@ class RunView:
         ``stream``): agent, group, kind, policy, confidence, rate, anchoring, zealot, degree, logged."""
         return self.table("agents", as_)
 
-    def network(self, as_: str = "pandas"):
-        """The edge list, each undirected edge once: source < target (agent indices). Shared by all worlds."""
-        return self.table("network", as_)
+    def network(self, as_: str = "pandas", world: int | None = None):
+        """The edge list, each undirected edge once: source < target (agent indices).
+
+        One graph shared by all worlds, or (``network.independent: true``; the manifest's
+        ``network.shared_by_worlds`` false) each world's own edges, with a leading ``world`` column.
+        ``world=b`` gives world b's edges either way, as source and target.
+        """
+        if world is None:
+            return self.table("network", as_)
+        table = self.table("network", "arrow")
+        if "world" in table.schema.names:
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.equal(table.column("world"), world)).drop_columns(["world"])
+        return table if as_ == "arrow" else _as(table.to_pandas(), as_)
 
     @property
     def dimensions(self) -> list[str]:

@@ -19,8 +19,8 @@ from ..core.interval import Interval
 from ..errors import Interrupted, RunDirError, RunFailed, RunLogWriteError, ScenarioError
 from ..llm.contract import BudgetExhausted
 from .checkpoint import load_checkpoint
-from .tables import (agents_per_world, agents_table, metric_catalogue, network_table, table_schemas,
-                     values_sample)
+from .tables import (agents_per_world, agents_table, metric_catalogue, network_manifest, network_table,
+                     table_schemas, values_sample)
 from .runlog import (CHECKPOINT, LOCK_FILE, RunLock, RunLog, new_run_dir, pid_alive, read_manifest,
                      recover_checkpoint, versions, git_commit)
 from ..config.scenario import Scenario, load_scenario, scenario_from_yaml
@@ -67,15 +67,14 @@ def run(scenario: Scenario | str | Path, *, seed: int | None = None, worlds: int
         "value_space": {"name": scenario.space.name, "dimensions": list(scenario.space.dimensions)},
         "metric_catalogue": metric_catalogue(simulation),
         "values_sample": values_sample(simulation.world.n, logged),
-        "network": {"generator": spec.network.generator, "independent": spec.network.independent,
-                    "shared_by_worlds": True, "edges": simulation.world.network.num_edges, "directed": False,
-                    "file": "network.parquet"},
+        "network": network_manifest(spec.network, simulation.world.network),
         "agents_per_world": agents_per_world(simulation),
         # the scenario's counterfactual twins: which worlds they are (world b's twin is b + worlds / 2 and back)
         "counterfactual_worlds": [] if simulation.world.counterfactual is None
         else simulation.world.counterfactual.nonzero().flatten().tolist(),
         "counterfactual_groups": list(spec.counterfactual),
-        "tables": table_schemas(scenario.space.dimensions, agents_per_world(simulation)),
+        "tables": table_schemas(scenario.space.dimensions, agents_per_world(simulation),
+                                not simulation.world.network.shared),
     }
     lock = None
     try:  # nothing is left half-written when the folder turns out not to be writable

@@ -48,21 +48,23 @@ COLUMNS: dict[str, dict[str, str]] = {
         "rate": "convergence rate mu",
         "anchoring": "Friedkin-Johnsen weight on the initial values",
         "zealot": "whether the agent's values never change",
-        "degree": "number of neighbours in the network",
+        "degree": "number of neighbours in the network (in the world's own graph when graphs differ)",
         "logged": "whether the agent's values are in values.parquet (see values_sample)",
     },
     "network": {
+        "world": "world index b (only when worlds have their own graphs: network.shared_by_worlds false)",
         "source": "one end of an undirected edge (agent index, the smaller one)",
         "target": "the other end (agent index, the larger one)",
     },
 }
 KEYS = {"metrics": ["world", "step", "metric", "group", "dimension"], "values": ["world", "step", "agent"],
-        "agents": ["world", "agent"], "network": ["source", "target"]}
+        "agents": ["world", "agent"], "network": ["world", "source", "target"]}
 assert {c for t in ("values", "agents", "network") for c in COLUMNS[t] if not c.startswith("<")} \
     <= set(RUN_LOG_COLUMNS), "a key column of the run log is missing from the reserved names"
 
 
-def table_schemas(dimensions: tuple[str, ...], agents_per_world: bool) -> dict[str, dict[str, Any]]:
+def table_schemas(dimensions: tuple[str, ...], agents_per_world: bool,
+                  network_per_world: bool = False) -> dict[str, dict[str, Any]]:
     """The ``tables`` entry of the manifest: each table's file, key columns and columns with their meaning."""
     out = {}
     for name, columns in COLUMNS.items():
@@ -74,6 +76,9 @@ def table_schemas(dimensions: tuple[str, ...], agents_per_world: bool) -> dict[s
         if name == "agents" and not agents_per_world:
             del columns["world"], columns["stream"]
             keys = ["agent"]
+        if name == "network" and not network_per_world:
+            del columns["world"]
+            keys = ["source", "target"]
         out[name] = {"file": f"{name}.parquet", "keys": keys, "columns": columns}
     return out
 
@@ -97,9 +102,10 @@ def read_metadata(schema: pa.Schema) -> dict[str, Any]:
 def agents_per_world(simulation) -> bool:
     """Whether the agents' attributes differ between worlds (then agents.parquet has a row per world and agent).
 
-    A single world counts as "per world", so that its stream is in the table.
+    A single world counts as "per world", so that its stream is in the table; so do worlds with their own
+    graphs (their agents' degrees differ).
     """
-    if simulation.world.b == 1:
+    if simulation.world.b == 1 or not simulation.world.network.shared:
         return True
     return any(bool((t != t[:1]).any()) for t in _per_world_attributes(simulation) if t.shape[0] > 1)
 
@@ -146,17 +152,43 @@ def agents_table(simulation, logged: torch.Tensor) -> pa.Table:
                                                        pa.array(policy_names))
     for name in ("confidence", "rate", "anchoring", "zealot"):
         columns[name] = pa.array(per_agent(getattr(world.params, name)))
-    columns["degree"] = pa.array(world.network.degree().cpu().to(torch.int64).repeat(rows).numpy())
+    columns["degree"] = pa.array(per_agent(world.network.world_degree().to(torch.int64)))
     columns["logged"] = pa.array(in_values.repeat(rows).numpy())
     return pa.table(columns)
 
 
 def network_table(network) -> pa.Table:
-    """Each undirected edge once, ``source < target``, sorted."""
+    """Each undirected edge once, ``source < target``, sorted; with per-world graphs, world b's edges for each
+    world b in turn, in a leading ``world`` column."""
+    if network.shared:
+        return _edges(network)
+    graphs = network.graph.cpu()
+    tables = [_edges(network.graph_at(int(g))) for g in graphs]
+    world = torch.repeat_interleave(torch.arange(graphs.numel(), dtype=torch.int32),
+                                    torch.tensor([t.num_rows for t in tables]))
+    joined = pa.concat_tables(tables)
+    return pa.table({"world": pa.array(world.numpy()), "source": joined.column("source"),
+                     "target": joined.column("target")})
+
+
+def _edges(network) -> pa.Table:
     rows, col = network.rows().cpu(), network.col.cpu()
     keep = rows < col
     return pa.table({"source": pa.array(rows[keep].to(torch.int64).numpy()),
                      "target": pa.array(col[keep].to(torch.int64).numpy())})
+
+
+def network_manifest(spec, network) -> dict[str, Any]:
+    """The manifest's ``network``: the generator, ``independent`` as asked, whether one graph is shared by every
+    world, how many graphs there are and their undirected edges (one number with one graph, else per world)."""
+    shared = network.shared
+    edges = network.num_edges if shared else [network.edges_per_graph()[g] for g in network.graph.tolist()]
+    out = {"generator": spec.generator, "independent": spec.independent, "shared_by_worlds": shared,
+           "graphs": network.graphs, "edges": edges, "directed": False, "file": "network.parquet"}
+    if spec.independent:
+        out["seeded_by"] = ("run seed and the world's stream (worlds on one stream share a graph; "
+                            "sim.build(scenario, streams=[s]) rebuilds stream s's)")
+    return out
 
 
 def values_sample(n: int, logged: torch.Tensor) -> dict[str, Any]:
