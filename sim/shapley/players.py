@@ -73,6 +73,10 @@ class Player:
         return mask
 
     def _top_degree(self, world: World) -> torch.Tensor:
+        if not world.network.shared:  # a player is the same agents in every world; each graph has its own hubs
+            raise _error(f"player {self.name!r}: degree:top:{self.args[0]} needs one network shared by the "
+                         "replicates, but network.independent: true gives each its own graph; set independent: "
+                         "false, or name the players by group or index")
         degree = world.network.degree().to(torch.float64)
         eligible = _group_mask(world, self.within)[0] if self.within else torch.ones_like(degree, dtype=torch.bool)
         k = self.args[0]

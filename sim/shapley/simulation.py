@@ -313,9 +313,12 @@ class SimulationGame:
         if null.kind == "absent":
             _check_scope_survives(check, masks, worth)
         network = check.world.network
-        edges = torch.stack([network.rows(), network.col], dim=1).cpu().numpy()
+        edges = None  # per-world graphs (network.independent) are rebuilt by each batch, one per stream it holds
+        if network.shared:  # the one graph is handed to every batch, not rebuilt by each
+            edges = torch.stack([network.rows(), network.col], dim=1).cpu().numpy()
+            edges = edges[edges[:, 0] < edges[:, 1]]
         self.plan = Plan(self.scenario.to_yaml(), str(self.scenario.base_dir), tuple(players), worth, null,
-                         str(device), edges[edges[:, 0] < edges[:, 1]])
+                         str(device), edges)
         k = self.scenario.space.dimensions
         self.batch = batch or default_batch(check.world.n, len(k))
         self.worlds_run = 0

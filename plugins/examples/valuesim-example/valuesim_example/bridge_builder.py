@@ -51,22 +51,40 @@ def neighbour_means(values: torch.Tensor, active: torch.Tensor, world: World, gr
     """Mean values of each group member's active neighbours, ``[B, group.size, K]``, and ``[B, group.size]``
     saying whether it has any (where it has none, the mean is 0).
 
+    Usually every world shares one graph. With ``network.independent: true`` each world has its own (its
+    stream's): ``network.by_graph()`` gives each graph with the worlds that use it, and the one-graph
+    computation runs once per graph on those worlds' rows. (Reading ``network.rowptr`` directly works for a
+    shared graph only; with per-world graphs it raises rather than answer for the wrong world.)
+    """
+    net = world.network
+    if net.shared:
+        return _one_graph_means(values, active, net, group)
+    mean = torch.empty((world.b, group.size, world.k), dtype=values.dtype, device=values.device)
+    has_neighbours = torch.empty((world.b, group.size), dtype=torch.bool, device=values.device)
+    for worlds, graph in net.by_graph():
+        mean[worlds], has_neighbours[worlds] = _one_graph_means(values[worlds], active[worlds], graph, group)
+    return mean, has_neighbours
+
+
+def _one_graph_means(values: torch.Tensor, active: torch.Tensor, net, group: Group):
+    """:func:`neighbour_means` on one graph (``net.rowptr``, ``net.col``) for every world of ``values``.
+
     The group's rows are contiguous, so in the CSR network its edges are the
     slice ``col[rowptr[start]:rowptr[stop]]``, row by row: one gather and one
     scatter-add over those edges, for all worlds at once. Sums accumulate in
     float64 (so that the result does not depend on the order of additions in
     practice, on a GPU too) and come back in the values' dtype.
     """
-    net = world.network
+    b, k = values.shape[0], values.shape[2]
     first, last = int(net.rowptr[group.start]), int(net.rowptr[group.stop])
     neighbours = net.col[first:last]  # [E_g]: the group's edges, in row order
     degree = net.rowptr[group.start + 1:group.stop + 1] - net.rowptr[group.start:group.stop]
     owner = torch.repeat_interleave(torch.arange(group.size, device=neighbours.device), degree,
                                     output_size=last - first)  # the group member each edge belongs to
     present = active[:, neighbours].double()  # [B, E_g]: inactive neighbours count for nothing
-    sums = torch.zeros((world.b, group.size, world.k), dtype=torch.float64, device=values.device)
+    sums = torch.zeros((b, group.size, k), dtype=torch.float64, device=values.device)
     sums.index_add_(1, owner, values[:, neighbours].double() * present[..., None])
-    counts = torch.zeros((world.b, group.size), dtype=torch.float64, device=values.device)
+    counts = torch.zeros((b, group.size), dtype=torch.float64, device=values.device)
     counts.index_add_(1, owner, present)
     mean = sums / counts.clamp(min=1)[..., None]
     return mean.to(values.dtype), counts > 0
