@@ -144,6 +144,9 @@ def load_targets(path: str | Path, scenario) -> Targets:
             raise targets.error(("metrics", i, "step"), f"must be at most the scenario's steps ({steps}), "
                                                         f"got {target.step}")
     if spec.trajectories is not None:
+        if scenario.spec.network.independent:  # the observed agents lived on one graph; the baselines need it
+            raise targets.error(("trajectories",), "observed trajectories are fitted on one network, but the "
+                                "scenario has network.independent: true (a graph per world); set it to false")
         observed = read_observed(path.parent / spec.trajectories.file, spec.trajectories, scenario,
                                  targets, source.data["trajectories"]["file"])
         targets = Targets(name=targets.name, metrics=targets.metrics, trajectories=observed, lines=targets.lines)
