@@ -378,3 +378,22 @@ def test_the_memory_estimate_counts_every_graph(monkeypatch):
     budget.check_budget(scenario, 4, graphs=1)
     with pytest.raises(ScenarioError, match="most of it for the network"):
         budget.check_budget(scenario, 4, graphs=400)
+
+
+def test_the_readme_command_for_replicates_on_their_own_graphs_runs(tmp_path):
+    import shlex
+
+    from sim.cli import main
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("valuesim run scenarios/quickstart.yaml --seed 7 --worlds 8 --set network.independent=true")
+    lines = readme[start:].split("\n")[:2]
+    words = shlex.split(" ".join(line.split("#")[0].rstrip().rstrip("\\") for line in lines))
+    assert words[:2] == ["valuesim", "run"] and "network.independent=true" in words
+    words[2] = str(REPO / words[2])
+    # the README's command, shortened: a step, fewer agents
+    assert main([*words[1:], "--set", "steps=1", "--set", "population.citizens.count=300", "--quiet",
+                 "--runs-dir", str(tmp_path)]) == 0
+    (run,) = [sim.open_run(p) for p in tmp_path.iterdir() if p.is_dir()]
+    assert run.manifest["network"]["graphs"] == 8 and run.network().world.nunique() == 8

@@ -8,7 +8,7 @@ runs/<scenario>__<UTC time>__s<seed>[__<tag>]/
   metrics.parquet   tidy rows: world, step, metric, group, dimension, value
   values.parquet    snapshots: world, step, agent, group, one column per value dimension
   agents.parquet    who the agents are: [world, stream,] agent, group, kind, policy, parameters, degree, logged
-  network.parquet   the edge list: source, target
+  network.parquet   the edge list: [world,] source, target (world: when worlds have their own graphs)
   events.jsonl      discrete events
   checkpoint/       the latest resumable state
 ```
