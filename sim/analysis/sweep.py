@@ -5,8 +5,9 @@ streams as every other point (common random numbers), and the same worlds ``valu
 that point would run: point p, seed r of the sweep is world r of that run, bit for bit.
 
 How points reach the engine is calibration's business (:mod:`sim.calibrate.params`, reused here): keys
-that vary per world (a group's per-agent parameters and their distributions, a group's policy parameters)
-put many points into one batch through ``set_params`` / ``vary_policy``; points that differ in any other
+that vary per world (a group's per-agent parameters and their distributions, a group's policy parameters,
+a protocol's ``per_world`` parameters) put many points into one batch through ``set_params`` /
+``vary_policy`` / ``vary_protocol``; points that differ in any other
 key (network, dynamics, counts, a string) are batches of their own. Batches run one after the other in
 this process when there is one, in a process pool when there are several (``executor="local"``), or as Ray
 tasks (``executor="ray"``; ``RAY_ADDRESS`` for a cluster).
@@ -45,7 +46,7 @@ class GridKey:
 
     @property
     def per_world(self) -> bool:
-        return self.param is not None and self.param.kind in ("agents", "policy")
+        return self.param is not None and self.param.kind in ("agents", "policy", "protocol")
 
     def flag(self, value) -> str:
         return self.param.flag(value) if self.param is not None else f"{self.key}={_text(value)}"
