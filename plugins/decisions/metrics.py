@@ -52,15 +52,23 @@ class AdviceTrial:
     - ``advice.shifted`` [B, arms, 1]: share who shifted toward the harmful option (reported ratings);
     - ``advice.shift`` [B, arms, 1]: mean shift of the target's relative rating;
     - ``advice.uplift`` [B, arms, 1]: the arm's shifted share minus the neutral arm's;
-    - each with ``.low`` and ``.high`` (its 95% interval, same shape).
+    - each with ``.low`` and ``.high`` (its 95% interval, same shape);
+    - ``advice.harmful_choice.by_domain`` [B, arms, domains]: with ``domains`` given, the harmful-choice
+      share in the column of the world's decision domain, NaN in the others (a world decides in one domain),
+      so a calibration target can name a domain as its dimension and be averaged over the worlds deciding in it;
+    - ``advice.shifted.by_domain`` [B, arms, domains]: the shifted share, likewise;
+    - ``advice.shift.by_domain`` [B, arms, domains]: the mean shift, likewise;
+    - ``advice.uplift.by_domain`` [B, arms, domains]: the uplift over the neutral arm, likewise.
     """
 
     class Params(PluginParams):
         protocol: str = "advice"
         """The advice protocol's name in the scenario."""
+        domains: list[str] = []
+        """The protocol's domain names, in its order, to also read each estimate per domain (see above)."""
 
     writes = tuple(f"advice.{m}{s}" for m in ("harmful_choice", "shifted", "shift", "uplift")
-                   for s in ("", ".low", ".high"))
+                   for s in ("", ".low", ".high", ".by_domain"))
 
     def __init__(self, params: Params):
         self.params = params
@@ -84,7 +92,20 @@ class AdviceTrial:
             ref = int(neutral.nonzero()[0])
             for a in range(len(groups)):
                 uplift[:, a] = _difference(k_shift[:, a], n[:, a], k_shift[:, ref], n[:, ref])
-        return readings + _triple("advice.uplift", uplift, scopes), None
+        readings += _triple("advice.uplift", uplift, scopes)
+        if self.params.domains:
+            readings += self._by_domain(c["domain"], {"harmful_choice": harmful, "shifted": shifted, "shift": shift,
+                                                      "uplift": uplift}, scopes)
+        return readings, None
+
+    def _by_domain(self, domain: torch.Tensor, estimates: dict[str, torch.Tensor], scopes) -> list[Reading]:
+        names = tuple(self.params.domains)
+        if int(domain.max()) >= len(names):
+            raise ValueError(f"domains names {len(names)} domain(s) ({', '.join(names)}) but protocol "
+                             f"{self.params.protocol!r} decides in at least {int(domain.max()) + 1}")
+        column = torch.nn.functional.one_hot(domain, len(names)).bool()[:, None, :]  # [B, 1, D]
+        return [Reading(f"advice.{name}.by_domain", torch.where(column, value[..., :1], float("nan")), scopes, names)
+                for name, value in estimates.items()]
 
 
 class DelegationTrial:

@@ -28,11 +28,13 @@ class Speaker:
     backend: Any
     reader: Any
 
-    def system(self, space: str, goal: dict[str, float] | None, tactics: list[str] | None = None) -> str:
+    def system(self, space: str, goal: dict[str, float] | None, tactics: list[str] | None = None,
+               profile: dict[str, float] | None = None) -> str:
+        """The persona's system prompt; ``profile`` speaks from other values than its own (a client's)."""
         persona = self.persona
         if tactics is not None:
             persona = persona.model_copy(update={"tactics": list(tactics)})
-        return _system_prompt(persona, persona.values[space], goal)
+        return _system_prompt(persona, persona.values[space] if profile is None else profile, goal)
 
     @property
     def sampling(self) -> Sampling:

@@ -143,7 +143,8 @@ def _final(evaluator: Evaluator, scenario, searched, targets, found: dict[str, A
 
 def _metric_row(j: int, target, evaluation, seeds: int) -> dict[str, Any]:
     mean, var = float(evaluation.metric_mean[0, j]), float(evaluation.metric_var[0, j])
-    mc_se = math.sqrt(var / seeds) if seeds > 1 else 0.0
+    count = int(evaluation.metric_count[0, j]) if evaluation.metric_count is not None else seeds
+    mc_se = math.sqrt(var / count) if count > 1 else 0.0
     if target.se is not None:
         half = 1.96 * target.se
         within = abs(mean - target.value) <= 1.96 * math.sqrt(target.se ** 2 + mc_se ** 2)

@@ -3,9 +3,9 @@
 Candidate c of a batch of C is worlds ``c*R .. c*R+R-1``, on streams
 ``0..R-1``: every candidate meets the same pair draws and the same initial
 values, so differences in loss are differences of parameters, not of luck.
-Per-world keys reach the worlds through ``set_params`` / ``vary_policy``;
-candidates that differ in a per-batch key are batches of their own (see
-:mod:`.params`).
+Per-world keys reach the worlds through ``set_params`` / ``vary_policy`` /
+``vary_protocol``; candidates that differ in a per-batch key are batches of
+their own (see :mod:`.params`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,9 @@ class Evaluation:
     trajectory: np.ndarray  # [C]: the trajectories term (debiased MSE)
     trajectory_plain: np.ndarray  # [C]: MSE of the mean prediction over R seeds
     invalid: dict[int, str] = field(default_factory=dict)  # candidate -> why
+    # [C, M]: the seeds whose world defines the reading (R, but fewer for a reading that is NaN in some
+    # worlds by design: a decision trial's per-domain reading in a world that decides in another domain)
+    metric_count: np.ndarray | None = None
 
 
 class Evaluator:
@@ -55,7 +58,7 @@ class Evaluator:
         c, m = len(values), len(self.targets.metrics)
         out = Evaluation(loss=np.full(c, np.inf), metric_mean=np.full((c, m), np.nan),
                          metric_var=np.full((c, m), np.nan), trajectory=np.full(c, np.nan),
-                         trajectory_plain=np.full(c, np.nan))
+                         trajectory_plain=np.full(c, np.nan), metric_count=np.zeros((c, m), dtype=np.int64))
         batch_keys = [i for i, p in enumerate(self.params) if p.kind == "batch"]
         groups: dict[tuple, list[int]] = {}
         for index, row in enumerate(values):
@@ -92,10 +95,14 @@ class Evaluator:
         if self.targets.metrics:
             if self.targets.trajectories is not None:  # the trajectories moved the batch: start it afresh
                 simulation = self._build(scenario, values, cache=False)
-            mean, var = self._metric_readings(simulation, c)
-            out.metric_mean[members], out.metric_var[members] = mean, var
+            mean, var, count = self._metric_readings(simulation, c)
+            out.metric_mean[members], out.metric_var[members], out.metric_count[members] = mean, var, count
             for j, target in enumerate(self.targets.metrics):
-                z = (mean[:, j] - target.value) ** 2 - (var[:, j] / self.seeds if self.seeds > 1 else 0.0)
+                if not bool((count[:, j] > 0).all()):
+                    raise self.targets.error(("metrics", j), f"{target.metric} for {target.group}"
+                                             f"{'/' + target.dimension if target.dimension else ''} is NaN in "
+                                             f"every one of the {self.seeds} seeds' worlds (try more --seeds)")
+                z = (mean[:, j] - target.value) ** 2 - var[:, j] / count[:, j]
                 terms.append(z / target.scale ** 2)
                 weights.append(target.weight)
         weights = np.asarray(weights)
@@ -113,6 +120,7 @@ class Evaluator:
                 self._cache = {key: simulation}
         self._set_agents(scenario, simulation, values)
         self._set_policies(simulation, values)
+        self._set_protocols(simulation, values)
         return simulation
 
     def _set_agents(self, scenario, simulation, values: np.ndarray) -> None:
@@ -140,6 +148,20 @@ class Evaluator:
                 per_world += [overrides] * self.seeds
             try:
                 simulation.vary_policy(group, per_world)
+            except ValueError as exc:
+                raise ScenarioError(str(exc), location="--param") from None
+
+    def _set_protocols(self, simulation, values: np.ndarray) -> None:
+        by_protocol: dict[str, list[int]] = {}
+        for i, p in enumerate(self.params):
+            if p.kind == "protocol":
+                by_protocol.setdefault(p.protocol, []).append(i)
+        for protocol, indices in by_protocol.items():
+            per_world = []
+            for row in values:
+                per_world += [{self.params[i].field: float(row[i]) for i in indices}] * self.seeds
+            try:
+                simulation.vary_protocol(protocol, per_world)
             except ValueError as exc:
                 raise ScenarioError(str(exc), location="--param") from None
 
@@ -185,8 +207,14 @@ class Evaluator:
                     if at[j] == step:
                         got[:, j] = readings[name].value[:, scope, dim].double().cpu().numpy()
         got = got.reshape(c, self.seeds, len(targets))
-        var = got.var(axis=1, ddof=1) if self.seeds > 1 else np.zeros((c, len(targets)))
-        return got.mean(axis=1), var
+        # a reading NaN in a world is not defined there (see Evaluation.metric_count): averaged over the rest
+        defined = ~np.isnan(got)
+        count = defined.sum(axis=1)
+        total = np.where(defined, got, 0.0).sum(axis=1)
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        sq = np.where(defined, (got - mean[:, None]) ** 2, 0.0).sum(axis=1)
+        var = np.where(count > 1, sq / np.maximum(count - 1, 1), 0.0)
+        return mean, var, count
 
 
 def trajectory_errors(simulation, obs: Observed, c: int, r: int):

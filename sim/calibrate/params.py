@@ -14,7 +14,10 @@ How a candidate reaches the engine depends on the key:
   ``.rate``, ``.anchoring``, ``.zealots``, ``population.<group>.confidence.low``,
   ...), which become ``[B, N]`` tensors through ``Simulation.set_params``, and a
   group's policy parameters (``population.<group>.policy.<policy>.<param>``),
-  through ``Simulation.vary_policy``;
+  through ``Simulation.vary_policy``; and a protocol's numbers that its class
+  names in ``per_world`` (``protocols.advice.tactic_gain``,
+  ``protocols.advice.susceptibility.financial``), held as ``[B]`` tensors
+  through ``Simulation.vary_protocol`` (``sim.core.perworld``);
 - **per batch**: every other key (network parameters, dynamics parameters,
   counts, steps): the engine holds one network and one set of plugins per
   batch, so candidates are grouped by their values of these keys and each
@@ -43,8 +46,9 @@ class Parameter:
 
     ``path`` is the resolved path (list entries as indices); ``kind`` is
     ``"agents"`` (per-agent parameters, per world), ``"policy"`` (a group's
-    policy parameter, per world) or ``"batch"`` (grouped into batches);
-    ``integer`` rounds candidates.
+    policy parameter, per world), ``"protocol"`` (a protocol's per-world
+    parameter) or ``"batch"`` (grouped into batches); ``integer`` rounds
+    candidates.
     """
 
     key: str
@@ -54,6 +58,8 @@ class Parameter:
     kind: str
     integer: bool = False
     group: str | None = None  # the population group, for "agents" and "policy" keys
+    protocol: str | None = None  # the protocol's name in state.protocols, for "protocol" keys
+    field: str | None = None  # its key for Simulation.vary_protocol (``susceptibility.financial``)
 
     def value(self, unit: float) -> float:
         """The parameter's value at ``unit`` in [0, 1] of its box (rounded for integers, 6 digits otherwise)."""
@@ -118,7 +124,11 @@ def _walk(data: Any, key: str, scenario, spec: str) -> tuple[tuple, Any]:
                 raise _missing(key, part, here, [str(x) for x in labels], where, spec)
             path.append(index)
             node = node[index]
-            if isinstance(node, dict) and len(node) == 1 and "name" not in node and i + 1 < len(parts) \
+            if isinstance(node, dict) and set(node) == {"name", "params"} and i + 1 < len(parts) \
+                    and parts[i + 1] not in node:  # a resolved protocol: ``protocols.advice.tactic_gain``
+                path.append("params")
+                node = node["params"]
+            elif isinstance(node, dict) and len(node) == 1 and "name" not in node and i + 1 < len(parts) \
                     and part in node:  # ``dynamics.noise.sigma``: step into the plugin's parameters
                 path.append(part)
                 node = node[part]
@@ -157,13 +167,33 @@ def _classify(key, low, high, path, value, resolved, scenario, spec) -> Paramete
                             location=where, path=key)
     integer = isinstance(value, int) and not isinstance(value, bool) and not per_agent
     group = resolved["population"][path[1]]["name"] if path[0] == "population" and len(path) > 1 else None
+    protocol, field = _per_world_protocol(path, resolved, scenario)
     if per_agent:
         kind = "agents"
     elif len(path) == 5 and path[0] == "population" and path[2] == "policy":
         kind = "policy"
+    elif protocol is not None:
+        kind = "protocol"
     else:
         kind = "batch"
-    return Parameter(key=key, low=low, high=high, path=path, kind=kind, integer=integer, group=group)
+    if kind == "protocol":
+        integer = False  # held as float64 [B] tensors (a 1 written in the file is still a number to search)
+    return Parameter(key=key, low=low, high=high, path=path, kind=kind, integer=integer, group=group,
+                     protocol=protocol, field=field)
+
+
+def _per_world_protocol(path: tuple, resolved, scenario) -> tuple[str | None, str | None]:
+    """(the protocol's name, its field) when ``path`` is a number its class lets vary per world, else Nones."""
+    if len(path) < 4 or path[0] != "protocols" or path[2] != "params":
+        return None, None
+    from .. import registry
+    from ..config.build import protocol_keys
+
+    ref = scenario.spec.protocols[path[1]]
+    allowed = getattr(registry.get("protocols", ref.name), "per_world", ())
+    if path[3] not in allowed:
+        return None, None
+    return protocol_keys(scenario.spec.protocols)[path[1]], ".".join(map(str, path[3:]))
 
 
 def _describe(value: Any) -> str:
