@@ -11,6 +11,12 @@ world per batch: ``train_batch_size_per_learner = worlds * n_steps * A``), ``bat
 ``max_grad_norm``, ``num_env_runners`` (default 0: sampling in this process), ``num_cpus`` (of a local
 instance, default 1). ``--worlds`` is ``num_envs_per_env_runner``. ``timesteps`` counts agent-steps.
 
+On a cluster the env runners are Ray workers in other processes and on other machines: they get the scenario as
+text in ``env_config`` and import ``sim.marl.rllib_env`` (RLlib pickles the env class by reference), so every
+node needs valuesim installed (the ``ray`` extra), and files the scenario names by path must exist there too.
+``train.json``'s ``"ray"`` says where the run trained: the GCS address of the instance, whether it was a local
+one started by this run (``"local"``), and the number of nodes alive.
+
 Files: ``checkpoints/policy_<timesteps>_steps/`` (RLlib's algorithm checkpoints; ``--resume`` restores the
 latest), and the trained policy ``policy_rllib/`` (RLlib's ``RLModule`` checkpoint) with ``policy.json``
 (``"backend": "rllib"``), loaded by :func:`sim.marl.policy.load_policy`.
@@ -103,9 +109,9 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
     ray = require("ray")
     settings = record["settings"]
     p = _settings(vector, settings["algo_params"])
-    started_ray = not ray.is_initialized()
+    started_ray = not ray.is_initialized()  # this run connects (and disconnects at the end)
+    address = os.environ.get("RAY_ADDRESS") if started_ray else None
     if started_ray:
-        address = os.environ.get("RAY_ADDRESS")
         if address:
             ray.init(address=address)
         else:
@@ -113,6 +119,9 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
     started, a = time.perf_counter(), vector.agents_per_world
     done_steps = 0
     algo = None
+    # where it trained, for train.json: the GCS address of the instance (RAY_ADDRESS's cluster, or a local one)
+    record["ray"] = {"address": ray.get_runtime_context().gcs_address, "local": started_ray and not address,
+                     "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
     try:
         algo = _config(scenario, vector, settings, p).build_algo()
         if resume_from is not None:
