@@ -143,11 +143,15 @@ def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, p
     optimiser = torch.optim.Adam(loss.parameters(), lr=p["learning_rate"])
     done_steps = 0
     if resume_from is not None:
-        saved = torch.load(str(resume_from), map_location=device, weights_only=False)
+        # onto the CPU: the generator states must stay there (torch.set_rng_state refuses a CUDA tensor), and
+        # load_state_dict copies weights and Adam's moments onto the device of the modules they go into
+        saved = torch.load(str(resume_from), map_location="cpu", weights_only=False)
         actor.load_state_dict(saved["actor"])
         critic.load_state_dict(saved["critic"])
         optimiser.load_state_dict(saved["optimiser"])
         torch.set_rng_state(saved["rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         done_steps = int(saved["timesteps"])
     frames_per_batch = vector.worlds * p["n_steps"]
     remaining = max(settings["timesteps"] - done_steps, 0)
@@ -164,8 +168,10 @@ def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, p
 
     def checkpoint(steps: int) -> None:
         tmp = path / "checkpoints" / ".checkpoint.tmp"
+        # on CUDA the actor samples from the device's generator: it is saved too, so a resumed run draws on
+        cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
         torch.save({"actor": actor.state_dict(), "critic": critic.state_dict(), "optimiser": optimiser.state_dict(),
-                    "timesteps": steps, "rng": torch.get_rng_state()}, str(tmp))
+                    "timesteps": steps, "rng": torch.get_rng_state(), "cuda_rng": cuda_rng}, str(tmp))
         tmp.replace(path / "checkpoints" / f"policy_{steps}_steps.pt")
 
     def actor_fn(obs: torch.Tensor) -> torch.Tensor:
