@@ -122,11 +122,15 @@ def _shipped_tables(seeds: range) -> pd.DataFrame:
 
 def test_the_shipped_trial_reproduces_the_published_table_over_twenty_seeds():
     """Over twenty seeds (run seeds 0..19, none of them the calibration's), each cell's mean shifted share
-    is within 5 points of the published one, and so is every seed's table on average over its cells."""
+    is within 5 points of the published one, and so is every seed's table on average over its cells.
+
+    The calibrated fit is tighter than the issue asks: 0.9 points per cell on average (the hand-picked
+    parameters it replaced were 2.8 points off), which the 2-point bound holds it to.
+    """
     tables = _shipped_tables(range(20))
     pooled = tables.groupby(["domain", "advisor"])[["shifted", "published"]].mean()
     error = 100 * (pooled["shifted"] - pooled["published"]).abs()
     assert bool((error < 5).all()), error
-    assert error.mean() < 5
+    assert error.mean() < 2.0, error
     per_seed = [published_gap(part) for _, part in tables.groupby("seed")]
     assert np.mean(per_seed) < 5, per_seed
