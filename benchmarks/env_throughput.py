@@ -150,7 +150,12 @@ def symmetric_actions(venv):
         def step_wait(self):
             return self.venv.step_wait()
 
-    with warnings.catch_warnings():  # SuperSuit's wrapper has no render_mode for SB3 to ask; None is right
+        def get_attr(self, attr_name, indices=None):
+            if attr_name == "render_mode":  # SuperSuit's ConcatVecEnv cannot answer it; the envs do not render
+                return [None] * self.num_envs
+            return super().get_attr(attr_name, indices)
+
+    with warnings.catch_warnings():  # the same question, asked by SB3 of SuperSuit's wrapper while this one is built
         warnings.simplefilter("ignore", UserWarning)
         return Symmetric(venv, action_space=symmetric(box))
 
