@@ -345,3 +345,26 @@ def test_a_plugin_that_leaves_the_unit_range_stops_the_run_naming_it():
                                                             r"values outside \[0, 1\] \(from 0\.\d+ to 1\.\d+\); "
                                                             r"keep them in range, e.g. with .clamp\(0, 1\)$"):
             simulation.step()
+
+
+def test_the_protocol_checker_refuses_a_per_world_field_read_as_a_plain_number():
+    from plugins.protocols import Broadcast
+    from sim.plugin.checks import check_protocol
+
+    class FloatShare(Broadcast):
+        """Declares share per world but reads it as one number for every world."""
+
+        def step(self, values, state, world, carry, rng, ask):
+            share = float(self.params.share)  # a [B] tensor of two worlds cannot be one float
+            return super().step(values, state, world, carry, rng, ask) if share >= 0 else None
+
+    class Misnamed(Broadcast):
+        """Declares a per-world field it does not have."""
+
+        per_world = ("volume",)
+
+    check_protocol(Broadcast, {"speakers": "second"})
+    with pytest.raises(sim.errors.PluginError, match=r"step\(\) with per_world tensors"):
+        check_protocol(FloatShare, {"speakers": "second"})
+    with pytest.raises(sim.errors.PluginError, match=r"per_world names 'volume', which is not a field of Params"):
+        check_protocol(Misnamed, {"speakers": "second"})

@@ -506,7 +506,8 @@ def check_protocol(cls: type, params: dict | None = None) -> None:
     start returns a dict of tensors with a leading B; action_spaces maps (group, action) to Gymnasium spaces;
     step returns a :class:`~sim.contracts.ProtocolOutput` (new values [B, N, K] in [0, 1] or None, a carry like
     start's, events as dicts), changes none of its inputs, repeats from the same random streams, works whether
-    the groups' policies answer its actions or not, and neither moves nor hears an absent agent.
+    the groups' policies answer its actions or not, and neither moves nor hears an absent agent; fields it
+    lists in ``per_world`` held as [B] tensors of their own values change nothing.
     """
     from gymnasium.spaces import Space
 
@@ -534,6 +535,53 @@ def check_protocol(cls: type, params: dict | None = None) -> None:
             if not torch.equal(after[ABSENT], first.values[ABSENT]):
                 raise _Failure("step() moved an absent agent (state.active False); leave inactive agents' "
                                "values as they are")
+        _check_per_world(plugin, world, state, carry, spaces)
+
+
+def _check_per_world(plugin: Any, world: World, state: State, carry: dict, spaces: dict) -> None:
+    """The ``per_world`` fields held as [B] tensors of their own values must change nothing (sim.core.perworld):
+    a plugin that reads one as a plain float fails here, not in the first sweep over it."""
+    from ..core.perworld import varied
+
+    names = tuple(getattr(type(plugin), "per_world", ()))
+    if not names:
+        return
+    fields = type(plugin).Params.model_fields
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise _Failure(f"per_world names {unknown[0]!r}, which is not a field of Params "
+                       f"(fields: {', '.join(fields)})")
+    keys = {}
+    for name in names:
+        value = getattr(plugin.params, name)
+        if isinstance(value, dict):
+            keys.update({f"{name}.{k}": v for k, v in value.items()})
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys[name] = value
+    try:
+        twin = varied(plugin, "per_world", [dict(keys)] * world.b, world)
+    except ValueError as error:
+        raise _Failure(f"per_world: {error}") from None
+    same = _call("start() with per_world tensors", lambda: twin.start(world, _streams().at(-1)), {})
+    if set(same) != set(carry) or not all(_identical(same[k], carry[k]) for k in carry):
+        raise _Failure("start() gave another carry when its per_world fields were [B] tensors of the same "
+                       "values; read them through sim.contracts.per_world(value, world)")
+    plain = plugin.step(state.values, state, world, copy.deepcopy(carry), _streams(), _asker(world, state, spaces,
+                                                                                              False))
+    out = _call("step() with per_world tensors", lambda: twin.step(
+        state.values, state, world, copy.deepcopy(carry), _streams(), _asker(world, state, spaces, False)), {})
+    if not _identical(_moved_or_same(out, state), _moved_or_same(plain, state)):
+        raise _Failure("step() moved values otherwise when its per_world fields were [B] tensors of the same "
+                       "values; read them through sim.contracts.per_world(value, world)")
+
+
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit for bit, NaN where the other has NaN (a carry's 'not yet' entries)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point():
+        return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return torch.equal(a, b)
 
 
 def _moved_or_same(out: Any, state: State) -> torch.Tensor:
