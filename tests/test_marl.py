@@ -369,6 +369,25 @@ def test_an_interrupted_torchrl_run_resumes_from_its_latest_checkpoint(tmp_path)
     assert (out / "checkpoints" / "policy_1024_steps.pt").is_file()
 
 
+def test_torchrl_training_is_seeded_and_puts_the_callers_generator_back(tmp_path):
+    _torchrl()
+    from sim.marl.train import train
+
+    def weights(seed: int, name: str) -> dict:
+        train(SCENARIOS / "train_influencer.yaml", backend="torchrl", timesteps=256, worlds=2, device="cpu",
+              seed=seed, out=tmp_path / name, algo_params={"n_steps": 16, "n_epochs": 1})
+        return torch.load(str(tmp_path / name / "policy.pt"), weights_only=True)["actor"]
+
+    first = weights(5, "a")
+    torch.rand(10)  # the caller's generator moves on: the twin starts from another global state
+    before = torch.get_rng_state()
+    twin = weights(5, "b")
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's draws go on as if nothing had trained
+    other = weights(6, "c")
+    assert all(torch.equal(first[k], twin[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 @pytest.mark.parametrize("name, margin", [("train_advisor", 0.05), ("train_advisor_guardian", 0.1)])
 def test_torchrl_learns_to_manipulate_and_to_protect_in_the_advice_protocol(name, margin, tmp_path):
     """The red team learns messages that shift its clients toward the harmful option; the guardian learns

@@ -111,12 +111,17 @@ def _settings(vector, given: dict) -> dict:
 def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
     """Train (or go on training from ``resume_from``) and write the run directory (``sim.marl.train``).
 
-    TorchRL's modules initialise and sample from torch's global generator, so it is seeded for this training
-    only: the caller's global random state is put back afterwards.
+    TorchRL's modules initialise and sample from torch's global generators (the CPU's, and the training
+    device's on CUDA), so those are seeded for this training only and put back afterwards.
     """
-    devices = [vector.device] if torch.device(vector.device).type == "cuda" else []
+    seed, device = record["settings"]["seed"], torch.device(vector.device)
+    devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.random.manual_seed(record["settings"]["seed"])
+        # not torch.manual_seed: it seeds every GPU, and fork_rng restores only the ones it was given
+        torch.random.default_generator.manual_seed(seed)
+        for cuda in devices:
+            with torch.cuda.device(cuda):
+                torch.cuda.manual_seed(seed)
         return _run(path, scenario, vector, record, resume_from, progress_bar)
 
 
