@@ -137,8 +137,9 @@ def test_the_two_thread_pipeline_reads_each_worlds_own_graph(monkeypatch, rule):
     rng = Streams.of(2, b).at(1)
     net = world.network
     x = torch.full_like(state.values, np.nan)
-    _numba.deffuant(state.values.numpy(), x.numpy(), state.values.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(),
-                    net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(b).numpy(), rng.key("deffuant/focal").numpy(),
+    honest = torch.zeros((1, n), dtype=torch.bool)
+    _numba.deffuant(state.values.numpy(), x.numpy(), state.values.numpy(), honest.numpy(), net.rowptrs.numpy(),
+                    net.cols.numpy(), net.world_graph(b).numpy(), rng.key("deffuant/focal").numpy(),
                     rng.key("deffuant/partner").numpy(), used.numpy(), state.active.numpy(), True,
                     world.params.confidence.numpy(), world.params.rate.numpy(), 0, np.inf, pipeline=True,
                     aligned=rule == "aligned")
@@ -397,3 +398,24 @@ def test_the_readme_command_for_replicates_on_their_own_graphs_runs(tmp_path):
                  "--runs-dir", str(tmp_path)]) == 0
     (run,) = [sim.open_run(p) for p in tmp_path.iterdir() if p.is_dir()]
     assert run.manifest["network"]["graphs"] == 8 and run.network().world.nunique() == 8
+
+
+def test_a_shapley_game_on_independent_graphs_evaluates_replicate_r_on_stream_rs_graph():
+    from sim.shapley.players import parse_players
+    from sim.shapley.simulation import Null, SimulationGame, Worth
+
+    scenario = _scenario(steps=4, log_every=2, metrics=["mean_values"])
+    players = parse_players("pushers", ["people", "pushers"], scenario.spec.num_agents, ("a", "b"))
+    game = SimulationGame(scenario, players, Worth.parse("mean_values:people:a"), Null.parse("absent"),
+                          replicates=3)
+    assert game.plan.edges is None  # each batch builds its streams' graphs, one per stream
+    grand = game(np.array([[True]]), 3)[0, :, 0]
+    for r in range(3):
+        alone = sim.build(scenario, streams=[r])
+        alone.advance(4)
+        assert grand[r] == pytest.approx(float(alone.state.values[0, :120, 0].mean()), abs=1e-6)
+    shared = SimulationGame(_scenario(steps=4, log_every=2, metrics=["mean_values"],
+                                      network={"generator": "erdos_renyi", "params": {"mean_degree": 6}}),
+                            players, Worth.parse("mean_values:people:a"), Null.parse("absent"), replicates=3)
+    assert shared.plan.edges is not None and not np.allclose(shared(np.array([[True]]), 3)[0, 1:, 0],
+                                                            grand[1:])

@@ -11,7 +11,7 @@ Groups are contiguous index ranges of the agent axis, in scenario order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -171,7 +171,11 @@ class Network:
         it does in a run of world b alone."""
         if self.graph is None:
             return [(None, self)]
-        return [(torch.nonzero(self.graph == g).flatten(), self.graph_at(g)) for g in range(self.graphs)]
+        split = self.__dict__.get("_by_graph")
+        if split is None:  # asked by every per-world consumer at every step; the network never changes
+            split = [(torch.nonzero(self.graph == g).flatten(), self.graph_at(g)) for g in range(self.graphs)]
+            object.__setattr__(self, "_by_graph", split)
+        return split
 
     def to(self, device: torch.device | str) -> "Network":
         graph = None if self.graph is None else self.graph.to(device)
