@@ -167,8 +167,11 @@ def _did_you_mean(name: str, options) -> str:
 
 
 def player_masks(players: list[Player], world: World) -> torch.Tensor:
-    """``[P, B, N]`` bool; every player has an agent in every world and no two players share one."""
-    masks = torch.stack([p.mask(world).expand(world.b, world.n) for p in players])
+    """``[P, B or 1, N]`` bool (1 when no player's agents differ between worlds); every player has an agent in
+    every world and no two players share one."""
+    masks = [p.mask(world) for p in players]
+    rows = 1 if all(m.shape[0] == 1 for m in masks) else world.b
+    masks = torch.stack([m.expand(rows, world.n) for m in masks])
     empty = ~masks.any(dim=2)  # [P, B]
     if bool(empty.any()):
         p, b = (int(i) for i in empty.nonzero()[0])
