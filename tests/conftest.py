@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import networkx as nx
@@ -59,3 +60,69 @@ def small_scenario(**changes) -> dict:
     }
     data.update(changes)
     return data
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head in processes of its own (``ray start --head``), on this machine only, stopped afterwards.
+
+    It runs in a new session, so its processes (GCS, raylet, workers) share one process group, killed at the end:
+    ``ray stop`` would stop every Ray process on the machine, other people's too. Every port is a free one, none
+    of Ray's fixed defaults (6379, 8265, 10001, 52365), so it cannot meet another instance on this machine. It
+    asks for a token of its own (Ray's token authentication: a head started where ``~/.ray/auth_token`` exists
+    refuses drivers without one), handed to the driver in ``env``.
+    """
+    pytest.importorskip("ray", reason="the ray extra: pip install 'valuesim[ray]'")
+    import os
+    import secrets
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port = free_port()
+    # short: Ray puts unix sockets under it, and their paths are limited to 107 characters
+    temp = Path(tempfile.mkdtemp(prefix="vsray", dir="/tmp"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    command = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1",
+               f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+               f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp}"]
+    # ray start returns once the head is up; its daemons stay in the new session's process group
+    starter = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = starter.communicate(timeout=120)
+        assert starter.returncode == 0, output
+        yield {"address": f"127.0.0.1:{port}", "port": port, "temp": temp, "env": env}
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+        _stop_process_group(starter.pid)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_process_group(group: int) -> None:
+    """SIGTERM to every process of the group, SIGKILL to what is left after 10 s; back when none is left."""
+    import os
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)

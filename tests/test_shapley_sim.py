@@ -371,3 +371,38 @@ def test_evaluate_worlds_is_a_plain_function_of_plain_data():
     worths = evaluate_worlds(plan, np.array([[True, False, True]]), np.array([1]))
     assert worths.shape == (1, 1)
     assert worths[0, 0] == game(np.array([[True, False, True]]), 2)[0, 1, 0]
+
+
+def test_valuesim_shapley_on_the_ray_cluster_of_ray_address_gives_the_local_table(ray_head, tmp_path):
+    """What a cluster user runs (README, Shapley): the chunks go to the cluster's workers, not to an instance
+    of the driver's own, and the values are those of the local executor bit for bit."""
+    import subprocess
+
+    import pandas as pd
+
+    options = ["--players", INFLUENCERS, "--metric", DRIFT, "--replicates", "2", "--batch", "8",
+               *[flag for item in SMALL for flag in ("--set", item)]]
+    local = tmp_path / "local"
+    assert main(["shapley", str(CATALOG), *options, "--out", str(local)]) == 0
+    remote = tmp_path / "remote"
+    command = [str(Path(sys.executable).with_name("valuesim")), "shapley", str(CATALOG), *options,
+               "--executor", "ray", "--out", str(remote)]
+    driver = subprocess.Popen(command, env={**ray_head["env"], "RAY_ADDRESS": ray_head["address"]},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, output[-4000:]
+    manifest = json.loads((remote / "manifest.json").read_text())
+    cluster = manifest["shapley"]["ray"]
+    assert manifest["shapley"]["executor"] == "ray" and manifest["shapley"]["batch"] == 8
+    assert cluster["address"].endswith(f":{ray_head['port']}") and not cluster["local"], cluster
+    # the chunks ran in the head's workers: a worker's log names the task
+    logs = ray_head["temp"] / "session_latest" / "logs"
+    ran = [p for p in logs.glob("worker-*.out") if "evaluate_worlds" in p.read_text(errors="replace")]
+    assert ran, sorted(p.name for p in logs.iterdir())
+    mine, theirs = (pd.read_parquet(path / "shapley.parquet") for path in (local, remote))
+    pd.testing.assert_frame_equal(mine, theirs)

@@ -162,6 +162,7 @@ def _manifest_part(result: ShapleyResult, game: SimulationGame, players, worth: 
         "replicates": replicates if not game.deterministic else 1, "batch": game.batch,
         "common_random_numbers": game.common_random_numbers, "worlds_run": game.worlds_run,
         "executor": executor if isinstance(executor, str) else type(executor).__name__,
+        "ray": getattr(game.executor, "cluster", None),
         "players_defined": [{"name": p.name, "selector": p.text} for p in players], "source_run": source_run,
         "device": str(device)}}
 

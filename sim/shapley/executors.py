@@ -46,10 +46,15 @@ class RayExecutor:
                                 "pip install 'valuesim[ray]'") from None
         self.ray = ray
         self.task_cpus = task_cpus
+        started_local = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
             kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
             ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
+            started_local = not address
+        # where the chunks ran, for the manifest: the GCS address of RAY_ADDRESS's cluster or of a local instance
+        self.cluster = {"address": ray.get_runtime_context().gcs_address, "local": started_local,
+                        "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
         self._remote: dict[Callable, Any] = {}
 
     def map(self, fn, tasks):
