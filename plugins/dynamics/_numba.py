@@ -624,6 +624,8 @@ def hk_means(x, shows, active, rowptrs, col, graph, eps, metric, out):
 
     ``rowptrs`` [G, N + 1], ``col``, ``graph`` [B]: the network (as :func:`draw_pairs`)."""
     b_worlds, n, k_dims = x.shape
+    shared = rowptrs.shape[0] == 1
+    rowptr = rowptrs[0]
     for flat in prange(b_worlds * n):
         b = flat // n
         i = flat % n
@@ -632,8 +634,12 @@ def hk_means(x, shows, active, rowptrs, col, graph, eps, metric, out):
         cnt = np.ones(k_dims, dtype=np.float64)
         for k in range(k_dims):
             acc[k] = x[b, i, k]
-        rowptr = rowptrs[graph[b]]
-        for p in range(rowptr[i], rowptr[i + 1]):
+        # one graph: the hoisted row, as fast as before per-world graphs (3% was lost indexing [G, N + 1] per agent)
+        if shared:
+            start, stop = rowptr[i], rowptr[i + 1]
+        else:
+            start, stop = rowptrs[graph[b], i], rowptrs[graph[b], i + 1]
+        for p in range(start, stop):
             j = col[p]
             if not active[b, j]:
                 continue
