@@ -10,13 +10,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import math
+import re
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
 import sim
-from plugins.decisions.metrics import advice_table, delegation_table, published_gap
+from plugins.decisions.metrics import advice_table, delegation_levels, delegation_table, published_gap
+from sim.core.engine import StepError
 from sim.errors import ScenarioError
 from tests.conftest import REPO
 
@@ -110,6 +113,50 @@ def test_the_trial_metric_gives_per_arm_rates_with_intervals_and_dialogue_events
     assert len(dialogues) == 60 and {d["domain"] for d in dialogues} == {"financial", "emotional"}
     strategic = next(d for d in dialogues if d["advisor"] == "strategic")
     assert [t["tactic"] for t in strategic["turns"]] == ["authority", "scarcity", "social_proof"]
+
+
+def _trial_with_metric(tmp_path, metric, domains=None):
+    """The shipped trial (30 clients) with ``metric`` as its advice_trial entry and, given, other domains."""
+    data = yaml.safe_load(TRIAL.read_text())
+    data["population"][0]["count"] = 30
+    data["metrics"][0] = metric
+    if domains is not None:
+        data["protocols"][0]["advice"]["domains"] = domains
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_the_trial_metric_reads_the_domains_from_the_protocol_in_its_order(tmp_path):
+    assert yaml.safe_load(TRIAL.read_text())["metrics"][0] == "advice_trial"  # the names are written once
+    simulation = sim.build(sim.load_scenario(_trial_with_metric(tmp_path, "advice_trial", ["emotional", "financial"])),
+                           worlds=2)
+    simulation.advance(3)
+    readings = {r.metric: r for r in simulation.observe()}
+    by_domain, plain = readings["advice.shifted.by_domain"], readings["advice.shifted"].value[:, :, 0]
+    assert by_domain.dimensions == ("emotional", "financial")  # the protocol's order, not a list in the metric
+    # stream 0 decides in domains[0] (now emotional), stream 1 in financial: each in its own domain's column
+    assert torch.equal(by_domain.value[0, :, 0], plain[0]) and bool(by_domain.value[0, :, 1].isnan().all())
+    assert torch.equal(by_domain.value[1, :, 1], plain[1]) and bool(by_domain.value[1, :, 0].isnan().all())
+    carry = simulation.state.protocols["advice"]
+    assert carry["domain_names"].shape[:2] == (2, 2)  # run state: in checkpoints, restarted with the world
+
+
+def test_domains_given_to_the_trial_metric_must_be_the_protocols(tmp_path, capsys):
+    from sim.cli import main
+
+    same = sim.build(sim.load_scenario(_trial_with_metric(
+        tmp_path, {"advice_trial": {"domains": ["financial", "emotional"]}})), worlds=2)
+    assert {r.metric: r for r in same.observe()}["advice.shifted.by_domain"].dimensions == ("financial", "emotional")
+    for wrong in (["financial", "emotoinal"], ["emotional", "financial"], ["financial"]):
+        path = _trial_with_metric(tmp_path, {"advice_trial": {"domains": wrong}})
+        with pytest.raises(StepError, match=rf"metric 'advice_trial' raised ValueError: advice_trial.domains "
+                                            rf"\[{', '.join(wrong)}\] disagrees with protocol 'advice', which "
+                                            r"decides in \[financial, emotional\]; leave domains out"):
+            sim.build(sim.load_scenario(path), worlds=2).observe()
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "advice_trial.domains [financial] disagrees" in err, err
 
 
 def _llm_trial(tmp_path, backend: str, count: int, turns: int, worlds: int = 2, arms=(0, 1, 2)):
@@ -231,6 +278,93 @@ def test_override_rises_with_asymmetry_for_a_nuanced_agent_and_stays_flat_for_a_
         assert row["override_slope_low"] <= 0 <= row["override_slope_high"]
         assert by_level.max() - by_level.min() < 0.02
         assert row["override"] > 0.05  # flat, not absent: it keeps overriding at its prior alignment
+
+
+LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def _shopping_sweep(agent: str, seeds: int = 4, steps: int = 20, count: int = 200):
+    """Every asymmetry level as ``seeds`` worlds of one batch on streams 0..seeds-1 (as valuesim sweep runs it;
+    the defaults are the shipped scenario's)."""
+    scenario = sim.load_scenario(SHOPPING, [f"population.principals.count={count}",
+                                            f"population.agents.count={count}", "protocols.delegation.log_events=false",
+                                            f"protocols.delegation.agent={agent}"])
+    simulation = sim.build(scenario, streams=[s for _ in LEVELS for s in range(seeds)])
+    simulation.vary_protocol("delegation", [{"asymmetry": a} for a in LEVELS for _ in range(seeds)])
+    simulation.advance(steps)
+    return simulation
+
+
+@pytest.mark.parametrize("agent", ["nuanced", "rigid"])
+def test_one_batch_over_asymmetry_groups_each_world_by_its_own_asymmetry_as_separate_runs_would(agent):
+    batch, _ = delegation_table(_shopping_sweep(agent))
+    separate, _ = delegation_table([_shopping([f"protocols.delegation.agent={agent}",
+                                               f"protocols.delegation.asymmetry={a}"], steps=20, count=200,
+                                              worlds=4) for a in LEVELS])
+    assert sorted(batch["asymmetry"].unique()) == list(LEVELS)
+    columns = ["asymmetry", "hidden", "purchases", "overrides", "loss", "caught", "penalties"]
+    assert batch[columns].equals(separate[columns])  # level by level, pair by pair, bit for bit
+    levels = delegation_levels(batch).set_index("asymmetry")
+    assert levels["worlds"].tolist() == [4] * 5 and levels["pairs"].tolist() == [800] * 5
+    assert bool((levels["override_low"] <= levels["override"]).all())
+    assert bool((levels["override"] <= levels["override_high"]).all())
+    assert levels["hidden"].tolist() == pytest.approx(LEVELS, abs=0.05)
+    if agent == "nuanced":  # rises: full asymmetry clear of none (Student-t over a level's four worlds)
+        assert levels["override"].is_monotonic_increasing and levels["loss"].is_monotonic_increasing
+        assert levels["override_low"].iloc[-1] > levels["override_high"].iloc[0]
+    else:  # the rigid agent does not look at what its principal sees: the very same picks at every level
+        assert levels["override"].nunique() == 1 and levels["override"].iloc[0] > 0.05
+
+
+def _readme_decisions() -> str:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Decision scenarios")
+    return readme[start:readme.index("\n## ", start + 1)]
+
+
+def test_the_readme_sweeps_over_asymmetry_give_its_table(tmp_path):
+    """The section's two sweep commands, as written, reproduce its table (mean and Student-t interval over the
+    seeds of each point's delegation.override at the last step) and run as one batch each."""
+    import shlex
+
+    from plugins.decisions.stats import mean_t
+    from sim.cli import main
+
+    section = _readme_decisions()
+    commands = re.findall(r"^\.venv/bin/(valuesim sweep scenarios/principal_agent_shopping\.yaml .*?)(?<!\\)$",
+                          section.replace("\\\n    ", " "), flags=re.M)
+    assert len(commands) == 2 and "agent=rigid" in commands[1]
+    rows = re.findall(r"^\| ([\d.]+) \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \| ([\d.]+) \[([\d.]+), ([\d.]+)\] \|$",
+                      section, flags=re.M)
+    assert [float(r[0]) for r in rows] == list(LEVELS)
+    for column, command in enumerate(commands):
+        words = shlex.split(command)
+        words[2] = str(REPO / words[2])
+        out = tmp_path / f"sweep{column}"
+        assert main([*words[1:], "--out", str(out), "--quiet"]) == 0
+        run = sim.open_run(out)
+        assert run.manifest["grid"]["batches"] == 1 and run.manifest["grid"]["per_world"] == [
+            "protocols.delegation.asymmetry"]
+        table = pd.read_parquet(out / "sweep.parquet")
+        final = table[(table.metric == "delegation.override") & (table.step == table.step.max())]
+        for row in rows:
+            seeds = final[final["protocols.delegation.asymmetry"] == float(row[0])]["value"].to_numpy()
+            assert len(seeds) == 4
+            shown = [float(v) for v in row[1 + 3 * column:4 + 3 * column]]
+            assert [round(v, 3) for v in mean_t(seeds)] == shown, (column, row)
+
+
+def test_the_readme_delegation_example_runs(monkeypatch):
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", _readme_decisions(), flags=re.S)
+                if "delegation_levels" in b]
+    monkeypatch.chdir(REPO)
+    namespace: dict = {}
+    exec(compile(block, "README delegation", "exec"), namespace)
+    summary = namespace["summary"].iloc[0]
+    shown = re.search(r"hidden share ([\d.]+) \[([\d.]+), ([\d.]+)\]", _readme_decisions()).groups()
+    assert [round(summary[k], 3) for k in ("override_slope", "override_slope_low", "override_slope_high")] == [
+        float(v) for v in shown]
+    assert sorted(namespace["pairs"]["asymmetry"].unique()) == list(LEVELS)
 
 
 @pytest.mark.parametrize("agent", ["nuanced", "rigid"])

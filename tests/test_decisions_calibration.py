@@ -22,6 +22,7 @@ from sim.calibrate.evaluate import Evaluator
 from tests.conftest import REPO
 
 TRIAL = REPO / "scenarios" / "manipulation_trial.yaml"
+SHOPPING = REPO / "scenarios" / "principal_agent_shopping.yaml"
 TARGETS = REPO / "scenarios" / "targets" / "manipulation_trial.yaml"
 QUIET = ["protocols.advice.log_dialogues=false", "population.clients.count=60"]
 OUTCOMES = ("arm", "susceptibility", "before", "after", "choice", "shifted", "shift", "accepted")
@@ -50,6 +51,80 @@ def test_a_batch_of_advice_parameters_per_world_equals_each_world_run_alone():
             assert torch.equal(got.nan_to_num(-9), want.nan_to_num(-9)), (world, key)
     shifted = batch.state.protocols["advice"]["shifted"]
     assert not torch.equal(shifted[1], shifted[2])  # same stream, other parameters: something moved
+
+
+def _shop(flags=(), count=60):
+    return sim.load_scenario(SHOPPING, [f"population.principals.count={count}", f"population.agents.count={count}",
+                                        "protocols.delegation.log_events=false", *flags])
+
+
+DELEGATION_POINTS = [{"asymmetry": 0.0}, {"asymmetry": 1.0, "audit": 0.4, "noise": 0.05, "conflict": 0.9},
+                     {"asymmetry": 0.25, "prior": 0.8, "penalty": 2.0, "budget": 0.4, "price_weight": 1.2}, {},
+                     {"asymmetry": 0.75, "monitoring_gain": 0.3, "asymmetry_gain": 1.5, "noise": 0.2,
+                      "temperature": 0.5}]
+
+
+@pytest.mark.parametrize("agent", ["nuanced", "rigid", "scripted"])
+def test_a_batch_of_delegation_parameters_per_world_equals_each_world_run_alone(agent, monkeypatch):
+    """Every per-world field, noise (Gumbel logs) in some worlds only, a world of the same stream as another."""
+    import sim.llm
+
+    flags = [f"protocols.delegation.agent={agent}"] if agent != "scripted" else [
+        "protocols.delegation.persona={name: shopping_agent, sampling: {temperature: 0}}"]
+    asked, choose = [], sim.llm.choose
+    monkeypatch.setattr(sim.llm, "choose",
+                        lambda backend, requests: asked.extend(requests) or choose(backend, requests))
+    streams = [0, 1, 1, 3, 2]
+    batch = sim.build(_shop(flags), streams=streams)
+    batch.vary_protocol("delegation", DELEGATION_POINTS)
+    batch.advance(4)
+    varied = batch.protocols[0][1].params
+    assert varied.asymmetry.shape == (5,) and isinstance(varied.items, int)
+    if agent == "scripted":  # each world's own budget reaches its agents' prompts
+        budgets = {(r.tag["world"], r.messages[1]["content"].split(";")[0]) for r in asked}
+        assert budgets == {(b, f"Your client's budget is {0.4 if b == 2 else 0.7:.2f}") for b in range(5)}
+    carry = batch.state.protocols["delegation"]
+    for world, (stream, point) in enumerate(zip(streams, DELEGATION_POINTS)):
+        alone = sim.build(_shop(flags + [f"protocols.delegation.{k}={v}" for k, v in point.items()]),
+                          streams=[stream])
+        alone.advance(4)
+        for key, want in alone.state.protocols["delegation"].items():
+            assert torch.equal(carry[key][world].nan_to_num(-9), want[0].nan_to_num(-9)), (world, key)
+    assert not torch.equal(carry["overrides"][1], carry["overrides"][2])  # same stream, other parameters
+
+
+def test_bad_per_world_delegation_parameters_name_the_world_and_field():
+    batch = sim.build(_shop(), worlds=2)
+    with pytest.raises(ValueError, match=r"protocol 'delegation' parameters of world 1: asymmetry: "
+                                         r"must be in \[0, 1\], got 1.5"):
+        batch.vary_protocol("delegation", [{}, {"asymmetry": 1.5}])
+    with pytest.raises(ValueError, match=r"protocol 'delegation': items cannot vary per world"):
+        batch.vary_protocol("delegation", [{"items": 4}, {}])
+
+
+@pytest.mark.parametrize("agent", ["nuanced", "rigid"])
+def test_a_sweep_over_asymmetry_is_one_batch_and_each_point_is_its_own_run(agent, tmp_path):
+    """``valuesim sweep ... --grid protocols.delegation.asymmetry=0:1:5``: one batch of 5 x 2 worlds; each point's
+    readings are those of ``valuesim run --worlds 2 --set protocols.delegation.asymmetry=...``."""
+    scenario, grid = _shop([f"protocols.delegation.agent={agent}"]), ["protocols.delegation.asymmetry=0:1:5"]
+    keys = parse_grid(grid, scenario)
+    assert keys[0].per_world and keys[0].values == (0.0, 0.25, 0.5, 0.75, 1.0) and len(plan(keys, points(keys))) == 1
+    table, _ = read_sweep(sim.open_run(sweep(scenario, grid, seeds=2, out=tmp_path / "sw")))
+    final = table[table.step == scenario.spec.steps]
+    override = []
+    for asymmetry in keys[0].values:
+        alone = sim.build(_shop([f"protocols.delegation.agent={agent}",
+                                 f"protocols.delegation.asymmetry={asymmetry}"]), worlds=2)
+        alone.advance(scenario.spec.steps)
+        mine = final[final["protocols.delegation.asymmetry"] == asymmetry]
+        for reading in alone.observe():
+            got = mine[mine.metric == reading.metric].sort_values("seed")["value"].to_numpy()
+            np.testing.assert_array_equal(got, reading.value[:, 0, 0].double().numpy(), err_msg=reading.metric)
+        override.append(mine[mine.metric == "delegation.override"]["value"].mean())
+    if agent == "nuanced":
+        assert override == sorted(override) and override[-1] > override[0] + 0.08
+    else:
+        assert len(set(override)) == 1
 
 
 def test_bad_per_world_advice_parameters_name_the_world_and_field():

@@ -39,7 +39,8 @@ holding the dialogue (steered by the same logits on ``scripted``). Ratings are r
 when the reported rating of the target, relative to the mean of the other options, rose by more than
 ``shift_threshold``.
 
-Outcomes in the carry (per world and client unless noted): ``arm``, ``domain`` [B], ``before``/``after``
+Outcomes in the carry (per world and client unless noted): ``arm``, ``domain`` [B] (an index into
+``domain_names`` [B, D, bytes], the domains' names, which ``advice_trial`` reads), ``before``/``after``
 reported ratings, ``choice``, ``harmful_choice``, ``shifted``, ``shift``, ``accepted``/``tactic`` per turn,
 and per world ``harmful_rate`` and ``shifted_rate``. The ``advice_trial`` metric reads them per arm with 95%
 intervals; each dialogue is one event at its choice.
@@ -60,7 +61,7 @@ from sim.core.contracts import Strict
 from sim.core.ops import distance
 
 from .dialogue import advisor_messages, client_choice, client_replies, decode, transcript
-from .domains import Domain, load_domain
+from .domains import Domain, load_domain, names_tensor
 from .tactics import ALL_TACTICS, BIASES, TACTICS, Tactic, bias_index, unknown_tactics
 
 Unit = Annotated[float, Interval(ge=0, le=1)]
@@ -245,10 +246,10 @@ class Advice:
         advisor = (rank // a) % sizes[arm]  # which advisor of its arm's group serves the client
         typical = self._per_domain("susceptibility", setup["domains"], domain, world).clamp(1e-6, 1 - 1e-6)
         spread = self._w("susceptibility_spread", world)[:, None]
-        susceptibility = _per_row(torch.sigmoid, _per_row(torch.logit, typical)[:, None] + spread * rng.normal(
+        susceptibility = per_row(torch.sigmoid, per_row(torch.logit, typical)[:, None] + spread * rng.normal(
             "advice/susceptibility", (b, n), torch.float64))
-        bias_centre = _per_row(torch.logit, self._w("bias", world).clamp(1e-6, 1 - 1e-6))[:, None, None]
-        bias = _per_row(torch.sigmoid, bias_centre + self._w("bias_spread", world)[:, None, None]
+        bias_centre = per_row(torch.logit, self._w("bias", world).clamp(1e-6, 1 - 1e-6))[:, None, None]
+        bias = per_row(torch.sigmoid, bias_centre + self._w("bias_spread", world)[:, None, None]
                         * rng.normal("advice/bias", (b, n, len(BIASES)), torch.float64))
         taste = self._w("taste", world)[:, None, None] * rng.normal("advice/taste", (b, n, o), torch.float64)
         noise = self._per_domain("report_noise", setup["domains"], domain, world)[:, None, None]
@@ -261,7 +262,9 @@ class Advice:
         arm_group = torch.tensor([names.index(s["group"].name) for s in setup["arms"]], device=world.device)
         arm_kind = torch.tensor([ADVISORS.index(s["kind"]) for s in setup["arms"]], device=world.device)
         return {"arm": arm, "arm_group": arm_group.expand(b, -1).clone(), "arm_kind": arm_kind.expand(b, -1).clone(),
-                "advisor": advisor, "domain": domain, "susceptibility": susceptibility, "bias": bias, "taste": taste,
+                "advisor": advisor, "domain": domain,
+                "domain_names": names_tensor([d.name for d in setup["domains"]], b, world.device),
+                "susceptibility": susceptibility, "bias": bias, "taste": taste,
                 "before": before, "after": nan,
                 "choice": torch.full((b, n), -1, dtype=torch.int64, device=world.device),
                 "harmful_choice": torch.zeros((b, n), dtype=torch.bool, device=world.device),
@@ -370,7 +373,7 @@ class Advice:
         noise = self._per_domain("report_noise", setup["domains"], domain, world)[:, None, None]
         after = truth + noise * rng.normal("advice/report_after", (b, n, o), torch.float64)
         uniform = rng.uniform("advice/choice", (b, n, o), torch.float64).clamp(1e-12, 1 - 1e-12)
-        gumbel = -_per_row(lambda u: torch.log(-torch.log(u)), uniform)
+        gumbel = -per_row(lambda u: torch.log(-torch.log(u)), uniform)
         choice = (truth / self._w("choice_temperature", world)[:, None, None] + gumbel).argmax(-1)
         events: list[dict[str, Any]] = []
         deciding_clients = deciding[:, None] & state.active[:, clients.rows]
@@ -399,7 +402,7 @@ class Advice:
         return events
 
 
-def _per_row(fn, x: torch.Tensor) -> torch.Tensor:
+def per_row(fn, x: torch.Tensor) -> torch.Tensor:
     """``fn`` (an elementwise transcendental: sigmoid, logit, log) applied world by world.
 
     torch's CPU kernels run vectorised over most of a tensor and scalar over its tail, and the two paths

@@ -29,6 +29,10 @@ that costs the principal utility, and each catch costs the agent ``penalty``.
 Outcomes in the carry: per pair ``hidden``, and counts so far ``purchases``, ``overrides``, ``loss``,
 ``audits``, ``caught``, ``penalties``; per world this step's ``override_rate``, ``loss_mean``,
 ``audit_rate``, ``penalty_rate``. The ``delegation_trial`` metric logs them with 95% intervals.
+
+Every number of the parameters but ``items`` (the catalogue's size, a shape) may differ between the worlds
+of one batch (``per_world``: a sweep over asymmetry or a calibration swarm is one batch,
+``Simulation.vary_protocol``); world b then computes what the single-world run with its values computes.
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World
+from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World, per_world
+
+from .advice import per_row
 
 Unit = Annotated[float, Interval(ge=0, le=1)]
 
@@ -88,6 +94,10 @@ class Delegation:
         """One event per step and world with its counts."""
 
     uses: ClassVar[tuple[str, ...]] = ()
+    # The numbers a sweep or a calibration may vary across the worlds of one batch (sim.core.perworld); each
+    # is read through per_world() as [B] float64, never as a plain float. items stays fixed: it is a shape.
+    per_world: ClassVar[tuple[str, ...]] = ("asymmetry", "conflict", "prior", "audit", "penalty", "monitoring_gain",
+                                            "asymmetry_gain", "price_weight", "budget", "noise", "temperature")
 
     def __init__(self, params: Params):
         self.params = params
@@ -122,10 +132,11 @@ class Delegation:
         b, n, a = world.b, principals.size, len(p.attributes)
         w_p = _simplex(rng.uniform("delegation/principal_weights", (b, n, a), torch.float64))
         w_own = _simplex(rng.uniform("delegation/agent_weights", (b, n, a), torch.float64))
-        hidden = rng.uniform("delegation/hidden", (b, n, a), torch.float64) < p.asymmetry
+        hidden = rng.uniform("delegation/hidden", (b, n, a), torch.float64) < self._w("asymmetry", world)[:, None, None]
+        conflict = self._w("conflict", world)[:, None, None]
         zeros = torch.zeros((b, n), dtype=torch.float64, device=world.device)
         nan = torch.full((b,), float("nan"), dtype=torch.float64, device=world.device)
-        return {"principal_weights": w_p, "agent_weights": (1 - p.conflict) * w_p + p.conflict * w_own,
+        return {"principal_weights": w_p, "agent_weights": (1 - conflict) * w_p + conflict * w_own,
                 "visible": ~hidden, "hidden": hidden.double().mean(-1), "purchases": zeros.clone(),
                 "overrides": zeros.clone(), "loss": zeros.clone(), "audits": zeros.clone(), "caught": zeros.clone(),
                 "penalties": zeros.clone(), "override_rate": nan, "loss_mean": nan.clone(),
@@ -136,12 +147,18 @@ class Delegation:
 
         return {(self.params.agents, "pick"): Discrete(self.params.items)}
 
-    def weight_on_principal(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _w(self, field: str, world: World) -> torch.Tensor:
+        """A per-world number of the parameters, [B] float64."""
+        return per_world(getattr(self.params, field), world)
+
+    def weight_on_principal(self, hidden: torch.Tensor, world: World) -> torch.Tensor:
         """beta for each pair, from its principal's hidden share [B, n] (see the module docstring)."""
-        p = self.params
-        if p.agent == "rigid":
-            return torch.full_like(hidden, p.prior)
-        return (p.prior + p.monitoring_gain * p.audit * p.penalty - p.asymmetry_gain * hidden).clamp(0, 1)
+        prior = self._w("prior", world)[:, None]
+        if self.params.agent == "rigid":
+            return prior.expand_as(hidden)
+        # the order of the operations of the formula, so a [B] tensor rounds as the plain numbers did
+        expected_penalty = self._w("monitoring_gain", world) * self._w("audit", world) * self._w("penalty", world)
+        return (prior + expected_penalty[:, None] - self._w("asymmetry_gain", world)[:, None] * hidden).clamp(0, 1)
 
     def step(self, values, state: State, world: World, carry, rng: Streams, ask) -> ProtocolOutput:
         p = self.params
@@ -149,20 +166,26 @@ class Delegation:
         b, n, m, a = world.b, principals.size, p.items, len(p.attributes)
         attrs = rng.uniform("delegation/catalogue", (b, m, a), torch.float64)[:, None]  # [B, 1, M, A]
         price = rng.uniform("delegation/price", (b, m), torch.float64)[:, None]  # [B, 1, M]
-        blocked = torch.where(price > p.budget, float("-inf"), 0.0)
+        blocked = torch.where(price > self._w("budget", world)[:, None, None], float("-inf"), 0.0)
         cheapest = price.argmin(-1, keepdim=True)  # always affordable: a catalogue has something one can buy
         blocked = blocked.scatter(2, cheapest, 0.0)
 
+        price_weight = self._w("price_weight", world)[:, None, None]
+
         def utility(weights, visible=None):
             seen = attrs if visible is None else attrs * visible[:, :, None, :]
-            return (weights[:, :, None, :] * seen).sum(-1) - p.price_weight * price  # [B, n, M]
+            return (weights[:, :, None, :] * seen).sum(-1) - price_weight * price  # [B, n, M]
 
         u_p, u_a = utility(carry["principal_weights"]), utility(carry["agent_weights"])
-        beta = self.weight_on_principal(carry["hidden"])[..., None]
+        beta = self.weight_on_principal(carry["hidden"], world)[..., None]
         score = beta * u_p + (1 - beta) * u_a + blocked
-        if p.noise > 0:
+        noise = self._w("noise", world)
+        if bool((noise > 0).any()):
             g = rng.uniform("delegation/noise", (b, n, m), torch.float64).clamp(1e-12, 1 - 1e-12)
-            score = score + p.noise * -torch.log(-torch.log(g))
+            # the logs world by world: torch's CPU log may differ in the last bit with an element's place in
+            # the batch (sim.core.perworld), and a world without noise keeps its score as it is alone
+            gumbel = -per_row(lambda u: torch.log(-torch.log(u)), g)
+            score = torch.where((noise > 0)[:, None, None], score + noise[:, None, None] * gumbel, score)
         pick = score.argmax(-1)
         events: list[dict[str, Any]] = []
         given = ask(agents.name, "pick")
@@ -177,19 +200,20 @@ class Delegation:
         override = present & (pick != best) & (loss > 1e-12)
         u_seen = utility(carry["principal_weights"], carry["visible"].double())
         noticed = u_seen.gather(2, pick[..., None])[..., 0] < (u_seen + blocked).max(-1).values - 1e-12
-        audited = present & (rng.uniform("delegation/audit", (b, n), torch.float64) < p.audit)
+        audited = present & (rng.uniform("delegation/audit", (b, n), torch.float64) < self._w("audit", world)[:, None])
         caught = override & (audited | noticed)
         out = dict(carry)
         f = present.double()
+        penalty = self._w("penalty", world)
         for key, add in (("purchases", f), ("overrides", override.double()), ("loss", loss * f),
                          ("audits", audited.double()), ("caught", caught.double()),
-                         ("penalties", p.penalty * caught.double())):
+                         ("penalties", penalty[:, None] * caught.double())):
             out[key] = carry[key] + add
         count = f.sum(1).clamp_min(1)
         out["override_rate"] = override.double().sum(1) / count
         out["loss_mean"] = (loss * f).sum(1) / count
         out["audit_rate"] = audited.double().sum(1) / count
-        out["penalty_rate"] = caught.double().sum(1) * p.penalty / count
+        out["penalty_rate"] = caught.double().sum(1) * penalty / count
         if p.log_events:
             events.append({"event": "delegation", "agent": p.agent, "override_rate": out["override_rate"].tolist(),
                            "loss_mean": [round(v, 6) for v in out["loss_mean"].tolist()],
@@ -206,14 +230,15 @@ class Delegation:
         present = (state.active[:, principals.rows] & state.active[:, world.group(p.agents).rows]).cpu()
         where = present.nonzero().tolist()
         seeds = rng.integers("delegation/llm/seed", 2**31 - 1, tuple(present.shape)).cpu()
-        attrs, price, logits = attrs[:, 0].cpu(), price[:, 0].cpu(), (score / p.temperature).cpu()
+        logits = (score / self._w("temperature", world)[:, None, None]).cpu()
+        attrs, price, budget = attrs[:, 0].cpu(), price[:, 0].cpu(), self._w("budget", world).cpu()
         weights = carry["principal_weights"].cpu()
         requests = []
         for b, i in where:
             options = tuple(f"item {j + 1}: price {price[b, j]:.2f}, " + ", ".join(
                 f"{name} {attrs[b, j, k]:.2f}" for k, name in enumerate(p.attributes)) for j in range(p.items))
             cares = describe({name: float(weights[b, i, k]) for k, name in enumerate(p.attributes)})
-            user = (f"Your client's budget is {p.budget:.2f}; they care about {cares}. Buy one item for them.")
+            user = f"Your client's budget is {float(budget[b]):.2f}; they care about {cares}. Buy one item for them."
             finite = [float(v) if torch.isfinite(v) else -1e9 for v in logits[b, i]]
             requests.append(ChoiceRequest(messages=({"role": "system", "content": talk.system(world.space.name, None)},
                                                     {"role": "user", "content": user}),
@@ -232,6 +257,8 @@ class Delegation:
 
 
 def _simplex(u: torch.Tensor) -> torch.Tensor:
-    """Weights summing to 1 along the last axis (uniform on the simplex, from uniforms: -log u normalised)."""
-    e = -torch.log(u.clamp_min(1e-12))
+    """Weights summing to 1 along the last axis (uniform on the simplex, from uniforms: -log u normalised).
+
+    The log runs world by world, so each world's weights are those it draws alone (see ``per_row``)."""
+    e = -per_row(torch.log, u.clamp_min(1e-12))
     return e / e.sum(-1, keepdim=True)

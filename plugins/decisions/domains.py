@@ -83,6 +83,24 @@ class Domain:
         return f"{self.labels[option]} ({facts})" if facts else self.labels[option]
 
 
+def names_tensor(names: list[str], b: int, device) -> torch.Tensor:
+    """Domain names as run state, ``[B, D, L]`` uint8 (UTF-8, zero-padded to the longest).
+
+    The advice protocol keeps them in its carry so that a metric reading the carry (``advice_trial``), a
+    checkpoint and a restarted world know the protocol's domains without a second list in the scenario.
+    """
+    data = [name.encode("utf-8") for name in names]
+    table = torch.zeros((len(data), max(len(d) for d in data)), dtype=torch.uint8)
+    for i, d in enumerate(data):
+        table[i, :len(d)] = torch.tensor(list(d), dtype=torch.uint8)
+    return table.to(device).expand(b, -1, -1).clone()
+
+
+def names_of(table: torch.Tensor) -> tuple[str, ...]:
+    """The names :func:`names_tensor` holds (world 0's row: every world holds the same)."""
+    return tuple(bytes(row).rstrip(b"\0").decode("utf-8") for row in table[0].cpu().tolist())
+
+
 def load_domain(spec: str | dict[str, Any], dimensions: tuple[str, ...], space: str,
                 base_dir: str | Path | None = None) -> Domain:
     """The domain named ``spec`` (a file in ``agents/domains/``) or given inline, for ``space``.

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from sim.contracts import PluginParams, Reading, State, Streams, World
+from sim.contracts import PluginParams, Reading, State, Streams, World, per_world
 
 from . import stats
 
@@ -53,9 +53,10 @@ class AdviceTrial:
     - ``advice.shift`` [B, arms, 1]: mean shift of the target's relative rating;
     - ``advice.uplift`` [B, arms, 1]: the arm's shifted share minus the neutral arm's;
     - each with ``.low`` and ``.high`` (its 95% interval, same shape);
-    - ``advice.harmful_choice.by_domain`` [B, arms, domains]: with ``domains`` given, the harmful-choice
-      share in the column of the world's decision domain, NaN in the others (a world decides in one domain),
-      so a calibration target can name a domain as its dimension and be averaged over the worlds deciding in it;
+    - ``advice.harmful_choice.by_domain`` [B, arms, domains]: the harmful-choice share in the column of the
+      world's decision domain, NaN in the others (a world decides in one domain), so a calibration target can
+      name a domain as its dimension and be averaged over the worlds deciding in it; the columns are the
+      protocol's domains, read from its carry (``domain_names``);
     - ``advice.shifted.by_domain`` [B, arms, domains]: the shifted share, likewise;
     - ``advice.shift.by_domain`` [B, arms, domains]: the mean shift, likewise;
     - ``advice.uplift.by_domain`` [B, arms, domains]: the uplift over the neutral arm, likewise.
@@ -65,7 +66,8 @@ class AdviceTrial:
         protocol: str = "advice"
         """The advice protocol's name in the scenario."""
         domains: list[str] = []
-        """The protocol's domain names, in its order, to also read each estimate per domain (see above)."""
+        """Leave out: the domains are the protocol's. Given, they must be the protocol's names in its order
+        (a check for a scenario that lists them; a mismatch is an error, not a relabelling)."""
 
     writes = tuple(f"advice.{m}{s}" for m in ("harmful_choice", "shifted", "shift", "uplift")
                    for s in ("", ".low", ".high", ".by_domain"))
@@ -93,16 +95,28 @@ class AdviceTrial:
             for a in range(len(groups)):
                 uplift[:, a] = _difference(k_shift[:, a], n[:, a], k_shift[:, ref], n[:, ref])
         readings += _triple("advice.uplift", uplift, scopes)
-        if self.params.domains:
-            readings += self._by_domain(c["domain"], {"harmful_choice": harmful, "shifted": shifted, "shift": shift,
-                                                      "uplift": uplift}, scopes)
+        names = self._domains(c)
+        if names:
+            readings += self._by_domain(c["domain"], names, {"harmful_choice": harmful, "shifted": shifted,
+                                                             "shift": shift, "uplift": uplift}, scopes)
         return readings, None
 
-    def _by_domain(self, domain: torch.Tensor, estimates: dict[str, torch.Tensor], scopes) -> list[Reading]:
-        names = tuple(self.params.domains)
-        if int(domain.max()) >= len(names):
-            raise ValueError(f"domains names {len(names)} domain(s) ({', '.join(names)}) but protocol "
-                             f"{self.params.protocol!r} decides in at least {int(domain.max()) + 1}")
+    def _domains(self, c: dict) -> tuple[str, ...]:
+        """The protocol's domain names (from its carry), checked against ``domains`` when the scenario gives it."""
+        from .domains import names_of
+
+        given = tuple(self.params.domains)
+        if "domain_names" not in c:  # a carry from before the protocol kept its names: the scenario's list
+            return given
+        names = names_of(c["domain_names"])
+        if given and given != names:
+            raise ValueError(f"advice_trial.domains [{', '.join(given)}] disagrees with protocol "
+                             f"{self.params.protocol!r}, which decides in [{', '.join(names)}]; leave domains "
+                             f"out (the metric reads the protocol's)")
+        return names
+
+    def _by_domain(self, domain: torch.Tensor, names: tuple[str, ...], estimates: dict[str, torch.Tensor],
+                   scopes) -> list[Reading]:
         column = torch.nn.functional.one_hot(domain, len(names)).bool()[:, None, :]  # [B, 1, D]
         return [Reading(f"advice.{name}.by_domain", torch.where(column, value[..., :1], float("nan")), scopes, names)
                 for name, value in estimates.items()]
@@ -220,9 +234,11 @@ def published_gap(table) -> float:
 def delegation_table(simulations, protocol: str = "delegation"):
     """Per-pair override share so far against the hidden share, pooled over simulations (one or a list).
 
-    Returns ``(pairs, summary)``: a pandas frame with one row per present pair (world, agent type, hidden,
-    purchases, overrides, override, loss, caught, penalties) and the least-squares slope of each pair's
-    override share (and loss) on its hidden share per agent type, with 95% intervals.
+    Returns ``(pairs, summary)``: a pandas frame with one row per present pair (simulation, world, agent
+    type, its world's asymmetry, hidden, purchases, overrides, override, loss, caught, penalties) and the
+    least-squares slope of each pair's override share (and loss) on its hidden share per agent type, with
+    95% intervals. A batch whose worlds hold other asymmetries (a sweep: ``Simulation.vary_protocol``) gives
+    each pair its own world's; :func:`delegation_levels` pools the pairs per asymmetry.
     """
     import pandas as pd
 
@@ -232,9 +248,11 @@ def delegation_table(simulations, protocol: str = "delegation"):
         plugin = dict(simulation.protocols)[protocol]
         c = {k: v.cpu() for k, v in simulation.state.protocols[protocol].items()}
         keep = c["purchases"] > 0
+        world = torch.arange(keep.shape[0])[:, None].expand_as(keep)
+        asymmetry = per_world(plugin.params.asymmetry, simulation.world).cpu()  # [B]: each world's own
         frames.append(pd.DataFrame({
-            "simulation": s, "world": torch.arange(keep.shape[0])[:, None].expand_as(keep)[keep].numpy(),
-            "agent": plugin.params.agent, "asymmetry": plugin.params.asymmetry, "hidden": c["hidden"][keep].numpy(),
+            "simulation": s, "world": world[keep].numpy(), "agent": plugin.params.agent,
+            "asymmetry": asymmetry[:, None].expand_as(keep)[keep].numpy(), "hidden": c["hidden"][keep].numpy(),
             "purchases": c["purchases"][keep].numpy(), "overrides": c["overrides"][keep].numpy(),
             "loss": (c["loss"] / c["purchases"].clamp_min(1))[keep].numpy(), "caught": c["caught"][keep].numpy(),
             "penalties": c["penalties"][keep].numpy()}))
@@ -248,6 +266,30 @@ def delegation_table(simulations, protocol: str = "delegation"):
         row.update(_named("loss_slope", stats.slope(part["hidden"].to_numpy(), part["loss"].to_numpy())))
         summary.append(row)
     return pairs, pd.DataFrame(summary)
+
+
+def delegation_levels(pairs):
+    """``delegation_table``'s pairs pooled per agent type and asymmetry (pandas), with 95% intervals.
+
+    Columns: agent, asymmetry, worlds, pairs, purchases; ``override`` (the share of purchases with an
+    override), ``loss`` (the principal's loss per purchase) and ``caught`` (caught overrides per purchase),
+    each the mean over the level's worlds with ``_low``/``_high``; ``hidden`` (the mean hidden share). The
+    intervals are Student-t over the worlds (NaN with one): a world's pairs share its catalogues, so worlds,
+    not purchases, are the independent replicates.
+    """
+    import pandas as pd
+
+    rows = []
+    for (agent, asymmetry), part in pairs.groupby(["agent", "asymmetry"], sort=True):
+        worlds = part.groupby(["simulation", "world"])[["purchases", "overrides", "caught"]].sum()
+        loss = part.assign(total=part["loss"] * part["purchases"]).groupby(["simulation", "world"])["total"].sum()
+        row = {"agent": agent, "asymmetry": float(asymmetry), "worlds": len(worlds), "pairs": len(part),
+               "purchases": int(worlds["purchases"].sum())}
+        for name, per_world in (("override", worlds["overrides"]), ("loss", loss), ("caught", worlds["caught"])):
+            row.update(_named(name, stats.mean_t((per_world / worlds["purchases"]).to_numpy())))
+        row["hidden"] = float(part["hidden"].mean())
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _named(name: str, triple) -> dict:

@@ -43,6 +43,21 @@ def mean(x: np.ndarray) -> tuple[float, float, float]:
     return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
 
 
+def mean_t(x: np.ndarray) -> tuple[float, float, float]:
+    """The mean with a Student-t 95% interval, for a few replicates (worlds) where a normal quantile would
+    cover too little; the interval is NaN for fewer than two values."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return (math.nan,) * 3
+    if x.size < 2:
+        return float(x.mean()), math.nan, math.nan
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, x.size - 1)) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+
+
 def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """The least-squares slope of y on x with a 95% interval (Student t); NaN when x does not vary."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
