@@ -266,7 +266,7 @@ class NetworkSpec(Strict):
     """A graph per world instead of one shared by all: each world's graph is drawn from (seed, its stream), so
     replicates differ in their network too and their spread counts the graph's variance; worlds on one stream
     (Shapley coalitions, counterfactual twins, a sweep's paired points) share a graph, and stream 0's is the
-    shared graph. Refused with a generator that is not random (``file``, ``complete``)."""
+    shared graph. Refused for more than one world with a generator that is not random (``file``, ``complete``)."""
 
 
 class StopSpec(Strict):
