@@ -18,6 +18,31 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 
+def _keep_large_blocks(environ) -> bool:
+    """Ask glibc's malloc to serve blocks up to 1 GiB from its heap and keep up to 1 GiB freed there.
+
+    By default every block over 32 MiB is a fresh mmap, returned to the system when freed, so each step's
+    new [B, N, K] tensor page-faults all of its memory in again: at N = 10^6, K = 10 that made a Deffuant
+    step ~25% slower and a 3,200-world Shapley batch spend a fifth of its time in the kernel. Kept, the
+    memory is reused (peak RSS +0.14 GB there). A user's own ``MALLOC_MMAP_THRESHOLD_`` or
+    ``MALLOC_TRIM_THRESHOLD_`` wins; other C libraries are left alone.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in environ or "MALLOC_TRIM_THRESHOLD_" in environ:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only: musl and macOS have other allocators  # noqa: B018
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+_keep_large_blocks(os.environ)
+
+
 def _place_numba_cache(environ, kernels_dir) -> None:
     """Point ``NUMBA_CACHE_DIR`` at a user cache when numba could not write its ``cache=True`` kernels
     beside their source (``__pycache__`` of an installed, read-only copy); a user's own setting wins."""
