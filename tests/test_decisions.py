@@ -266,7 +266,9 @@ def _shopping(overrides=(), steps=10, count=100, worlds=2):
 
 @pytest.mark.parametrize("agent", ["nuanced", "rigid"])
 def test_override_rises_with_asymmetry_for_a_nuanced_agent_and_stays_flat_for_a_rigid_one(agent):
-    sims = [_shopping([f"protocols.delegation.agent={agent}", f"protocols.delegation.asymmetry={a}"])
+    # four worlds a level, on streams 0..3 at every level: the slope's interval is over four independent
+    # streams (two would leave t(1) = 12.7 and an interval that says nothing)
+    sims = [_shopping([f"protocols.delegation.agent={agent}", f"protocols.delegation.asymmetry={a}"], worlds=4)
             for a in (0.0, 0.25, 0.5, 0.75, 1.0)]
     pairs, summary = delegation_table(sims)
     row = summary.set_index("agent").loc[agent]
@@ -278,6 +280,7 @@ def test_override_rises_with_asymmetry_for_a_nuanced_agent_and_stays_flat_for_a_
         assert row["override_slope_low"] <= 0 <= row["override_slope_high"]
         assert by_level.max() - by_level.min() < 0.02
         assert row["override"] > 0.05  # flat, not absent: it keeps overriding at its prior alignment
+    assert row["clusters"] == 4 and row["note"] == ""  # the five runs share their seed: four streams, not 20
 
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -60,6 +60,13 @@ class AdviceTrial:
     - ``advice.shifted.by_domain`` [B, arms, domains]: the shifted share, likewise;
     - ``advice.shift.by_domain`` [B, arms, domains]: the mean shift, likewise;
     - ``advice.uplift.by_domain`` [B, arms, domains]: the uplift over the neutral arm, likewise.
+
+    The intervals are over the world's clients (Wilson, Newcombe for the uplift, normal for the mean shift):
+    a client draws its own values, susceptibility, biases, taste, report noise and choice, a parametric
+    advisor's message depends on that client alone and an LLM call is one client's, and the arms' shares are
+    fixed by a random assignment, so in the trial as shipped (no dynamics) a world's clients are independent
+    (``tests/test_decisions_intervals.py`` checks the coverage over 300 worlds). A scenario whose dynamics
+    couple the clients makes them a cluster; :func:`advice_table` then gives intervals over streams.
     """
 
     class Params(PluginParams):
@@ -132,6 +139,11 @@ class DelegationTrial:
     - ``delegation.penalty`` [B, 1, 1]: mean penalty per purchase;
     - ``delegation.hidden`` [B, 1, 1]: mean share of attributes hidden from the principals (the asymmetry);
     - each rate and mean with ``.low`` and ``.high`` (its 95% interval).
+
+    These intervals are within one world, over its purchases (Wilson) or pairs (normal), and are too narrow:
+    a world's pairs share each step's catalogue and a pair's purchases share its weights. Over several worlds
+    read the spread between worlds instead (``valuesim analyze``: Student-t over worlds) or
+    :func:`delegation_table` (cluster-robust over streams).
     """
 
     class Params(PluginParams):
@@ -197,7 +209,19 @@ def advice_table(simulation, protocol: str = "advice"):
     """The trial pooled over the batch's worlds, one row per domain and arm (pandas), with 95% intervals.
 
     Columns: domain, arm, advisor, n, and for harmful_choice, shifted, shift and uplift (over the neutral arm
-    of the same domain) the estimate and its ``_low``/``_high``; ``published`` is the study's shifted share.
+    of the same domain) the estimate and its ``_low``/``_high``; ``published`` is the study's shifted share;
+    ``units`` (what the intervals treat as independent: ``clients`` or ``streams``), ``clusters`` (the
+    distinct random streams of the cell's worlds) and ``note`` (why an interval is missing).
+
+    What is drawn where (``plugins.decisions.advice``): per world only its domain (fixed by its stream) and
+    the assignment to arms in fixed shares; per client its initial values, susceptibility, biases, taste,
+    report noise and choice. A parametric advisor's message is a function of its client's values alone and an
+    LLM call is one client's, with its own seed. So when nothing else moves the clients (no dynamics, no
+    other protocol) and the worlds of a domain are on distinct streams, the clients are independent draws
+    and the intervals are over clients: Wilson for the shares, Newcombe for the uplift, normal for the mean
+    shift (``units: clients``). Otherwise clients of one world (or of worlds sharing a stream: twins, the
+    points of a sweep) move together and the intervals are CR1 over streams with t(G - 1)
+    (``units: streams``; NaN with one stream, and ``note`` says so).
     """
     import pandas as pd
 
@@ -205,24 +229,66 @@ def advice_table(simulation, protocol: str = "advice"):
     setup = plugin._setup(simulation.world)
     c = {k: v.cpu() for k, v in simulation.state.protocols[protocol].items()}
     active = simulation.state.active[:, simulation.world.group(plugin.params.clients).rows].cpu()
+    stream = simulation.rng.stream.cpu()
+    coupled = bool(simulation.dynamics) or len(simulation.protocols) > 1  # something else may move clients
     rows = []
     for d, domain in enumerate(setup["domains"]):
-        counts = {}
+        in_domain = c["domain"] == d
+        streams = stream[in_domain]
+        by_clients = not coupled and len(set(streams.tolist())) == len(streams)
+        cells = {}
         for a, arm in enumerate(setup["arms"]):
-            mine = (c["arm"] == a) & (c["domain"] == d)[:, None] & c["decided"] & active
+            mine = (c["arm"] == a) & in_domain[:, None] & c["decided"] & active
             n = int(mine.sum())
-            counts[a] = (int((mine & c["shifted"]).sum()), n)
             row = {"domain": domain.name, "arm": arm["group"].name, "advisor": arm["kind"], "n": n}
-            for name, key in (("harmful_choice", "harmful_choice"), ("shifted", "shifted")):
-                row.update(_named(name, stats.proportion(int((mine & c[key]).sum()), n)))
-            row.update(_named("shift", stats.mean(c["shift"][mine].numpy())))
+            # per world of the domain: clients decided, harmful choices, shifts, the sum of shifts (cluster totals)
+            cell = {"n": mine.sum(1).double(), "harmful_choice": (mine & c["harmful_choice"]).sum(1).double(),
+                    "shifted": (mine & c["shifted"]).sum(1).double(),
+                    "shift": torch.where(mine, c["shift"].nan_to_num(), 0.0).sum(1), "streams": stream}
+            cells[a] = cell = {k: v[in_domain].numpy() for k, v in cell.items()}
+            if by_clients:
+                for name in ("harmful_choice", "shifted"):
+                    row.update(_named(name, stats.proportion(cell[name].sum(), n)))
+                row.update(_named("shift", stats.mean(c["shift"][mine].numpy())))
+                g = len(set(stream[mine.any(1)].tolist()))
+            else:
+                g = 0
+                seen = cell["n"] > 0  # a world without the arm's clients is no cluster of it
+                for name in ("harmful_choice", "shifted", "shift"):
+                    *triple, g = stats.cluster_ratio(cell[name][seen], cell["n"][seen], cell["streams"][seen])
+                    row.update(_named(name, triple if name == "shift" else _share(triple)))
+            row.update({"units": "clients" if by_clients else "streams", "clusters": g,
+                        "note": "" if by_clients or g >= 2 else _one_trial_stream(coupled)})
             row["published"] = PUBLISHED_SHIFT.get((domain.name, arm["kind"]), math.nan)
             rows.append(row)
         neutral = next((a for a, arm in enumerate(setup["arms"]) if arm["kind"] == "neutral"), None)
         for a in range(len(setup["arms"])):
-            rows[-len(setup["arms"]) + a].update(_named("uplift", stats.difference(*counts[a], *counts[neutral])
-                                                        if neutral is not None else (math.nan,) * 3))
-    return pd.DataFrame(rows)
+            if neutral is None:
+                uplift = (math.nan,) * 3
+            elif by_clients:  # two arms' clients, independent (assigned at random within each world)
+                uplift = stats.difference(cells[a]["shifted"].sum(), cells[a]["n"].sum(),
+                                          cells[neutral]["shifted"].sum(), cells[neutral]["n"].sum())
+            else:  # both arms run in the same worlds: a world's shock to both cancels in the difference
+                one, ref = cells[a], cells[neutral]
+                seen = (one["n"] > 0) | (ref["n"] > 0)
+                *uplift, _ = stats.cluster_difference(one["shifted"][seen], one["n"][seen], one["streams"][seen],
+                                                      ref["shifted"][seen], ref["n"][seen], ref["streams"][seen])
+            rows[-len(setup["arms"]) + a].update(_named("uplift", uplift))
+    columns = ["domain", "arm", "advisor", "n"] + [f"{m}{s}" for m in ("harmful_choice", "shifted", "shift",
+                                                                       "uplift") for s in ("", "_low", "_high")]
+    return pd.DataFrame(rows)[columns + ["published", "units", "clusters", "note"]]
+
+
+def _one_trial_stream(coupled: bool) -> str:
+    why = "something besides the advice moves its clients" if coupled else "its worlds share one stream"
+    return f"one random stream ({why}): no interval over clients or worlds; run more worlds"
+
+
+def _share(triple) -> tuple[float, float, float]:
+    """A share's interval kept inside [0, 1] (a cluster-robust one is symmetric and may cross a bound the
+    share cannot: clipping keeps every value it could be)."""
+    value, low, high = (float(v) for v in triple)
+    return value, max(low, 0.0) if math.isfinite(low) else low, min(high, 1.0) if math.isfinite(high) else high
 
 
 def published_gap(table) -> float:
@@ -232,13 +298,13 @@ def published_gap(table) -> float:
 
 
 def delegation_table(simulations, protocol: str = "delegation"):
-    """Per-pair override share so far against the hidden share, pooled over simulations (one or a list).
+    """Per-pair outcomes so far, pooled over simulations (one or a list), and their summary per agent type.
 
-    Returns ``(pairs, summary)``: a pandas frame with one row per present pair (simulation, world, agent
-    type, its world's asymmetry, hidden, purchases, overrides, override, loss, caught, penalties) and the
-    least-squares slope of each pair's override share (and loss) on its hidden share per agent type, with
-    95% intervals. A batch whose worlds hold other asymmetries (a sweep: ``Simulation.vary_protocol``) gives
-    each pair its own world's; :func:`delegation_levels` pools the pairs per asymmetry.
+    Returns ``(pairs, summary)``: a pandas frame with one row per present pair (simulation, world, its random
+    stream as ``seed`` and ``stream``, agent type, its world's asymmetry, hidden, purchases, overrides,
+    override, loss, audits, caught, penalties) and :func:`delegation_summary` of it. A batch whose worlds hold
+    other asymmetries (a sweep: ``Simulation.vary_protocol``) gives each pair its own world's;
+    :func:`delegation_levels` pools the pairs per asymmetry.
     """
     import pandas as pd
 
@@ -250,44 +316,93 @@ def delegation_table(simulations, protocol: str = "delegation"):
         keep = c["purchases"] > 0
         world = torch.arange(keep.shape[0])[:, None].expand_as(keep)
         asymmetry = per_world(plugin.params.asymmetry, simulation.world).cpu()  # [B]: each world's own
+        stream = simulation.rng.stream.cpu()[:, None].expand_as(keep)
         frames.append(pd.DataFrame({
-            "simulation": s, "world": world[keep].numpy(), "agent": plugin.params.agent,
+            "simulation": s, "world": world[keep].numpy(), "seed": int(simulation.rng.seed),
+            "stream": stream[keep].numpy(), "agent": plugin.params.agent,
             "asymmetry": asymmetry[:, None].expand_as(keep)[keep].numpy(), "hidden": c["hidden"][keep].numpy(),
             "purchases": c["purchases"][keep].numpy(), "overrides": c["overrides"][keep].numpy(),
-            "loss": (c["loss"] / c["purchases"].clamp_min(1))[keep].numpy(), "caught": c["caught"][keep].numpy(),
-            "penalties": c["penalties"][keep].numpy()}))
+            "loss": (c["loss"] / c["purchases"].clamp_min(1))[keep].numpy(), "audits": c["audits"][keep].numpy(),
+            "caught": c["caught"][keep].numpy(), "penalties": c["penalties"][keep].numpy()}))
     pairs = pd.concat(frames, ignore_index=True)
     pairs["override"] = pairs["overrides"] / pairs["purchases"]
+    return pairs, delegation_summary(pairs)
+
+
+ONE_STREAM = ("one random stream: no interval over worlds (a world's purchases share its catalogues and a "
+              "pair's its weights, so an interval over purchases would be too narrow); run more worlds")
+
+
+SHARES = ("override", "audits", "caught")  # per-purchase shares, in [0, 1]; loss and penalty are not
+
+
+def _streams(part):
+    """Each row's cluster, its random stream (seed, stream): worlds on one stream share every draw (twins, the
+    points of a sweep on common streams), so only distinct streams are independent replicates."""
+    return part[["seed", "stream"]].to_numpy()
+
+
+def delegation_summary(pairs):
+    """``delegation_table``'s pairs summarised per agent type (pandas), with cluster-robust 95% intervals.
+
+    Columns: agent, pairs, clusters (distinct random streams); ``override`` (overrides per purchase), ``loss``
+    (the principal's loss per purchase), ``audits``, ``caught`` and ``penalty`` (per purchase), each with
+    ``_low``/``_high``; ``override_slope`` and ``loss_slope``, the least-squares slope of a pair's override
+    share (and loss) on its hidden share; ``note``, why an interval is missing.
+
+    What is drawn where (``plugins.decisions.delegation``): a catalogue per world and step, shared by all of
+    the world's pairs; weights and hidden attributes per pair, kept for all its purchases; audits and noise
+    per purchase. Purchases are thus clustered twice within a world (by step and by pair) and only worlds on
+    distinct streams are independent, so every interval is CR1 over streams with t(G - 1)
+    (:func:`stats.cluster_ratio`, :func:`stats.cluster_slope`); with one stream it is NaN and ``note`` says so.
+    """
+    import pandas as pd
+
     summary = []
     for agent, part in pairs.groupby("agent"):
+        clusters, purchases = _streams(part), part["purchases"].to_numpy()
         row = {"agent": agent, "pairs": len(part)}
-        row.update(_named("override", stats.proportion(part["overrides"].sum(), part["purchases"].sum())))
-        row.update(_named("override_slope", stats.slope(part["hidden"].to_numpy(), part["override"].to_numpy())))
-        row.update(_named("loss_slope", stats.slope(part["hidden"].to_numpy(), part["loss"].to_numpy())))
+        g = 0
+        for name, total in (("override", part["overrides"]), ("loss", part["loss"] * part["purchases"]),
+                            ("audits", part["audits"]), ("caught", part["caught"]), ("penalty", part["penalties"])):
+            *triple, g = stats.cluster_ratio(total.to_numpy(), purchases, clusters)
+            row.update(_named(name, _share(triple) if name in SHARES else triple))
+        for name, column in (("override_slope", "override"), ("loss_slope", "loss")):
+            *triple, _ = stats.cluster_slope(part["hidden"].to_numpy(), part[column].to_numpy(), clusters)
+            row.update(_named(name, triple))
+        row["clusters"] = g
+        row["note"] = ONE_STREAM if g < 2 else ""
         summary.append(row)
-    return pairs, pd.DataFrame(summary)
+    return pd.DataFrame(summary)
 
 
 def delegation_levels(pairs):
     """``delegation_table``'s pairs pooled per agent type and asymmetry (pandas), with 95% intervals.
 
-    Columns: agent, asymmetry, worlds, pairs, purchases; ``override`` (the share of purchases with an
-    override), ``loss`` (the principal's loss per purchase) and ``caught`` (caught overrides per purchase),
-    each the mean over the level's worlds with ``_low``/``_high``; ``hidden`` (the mean hidden share). The
-    intervals are Student-t over the worlds (NaN with one): a world's pairs share its catalogues, so worlds,
-    not purchases, are the independent replicates.
+    Columns: agent, asymmetry, worlds, clusters, pairs, purchases; ``override`` (the share of purchases with
+    an override), ``loss`` (the principal's loss per purchase) and ``caught`` (caught overrides per purchase),
+    each pooled over the level's worlds with ``_low``/``_high``; ``hidden`` (the mean hidden share); ``note``.
+    A world's pairs share its catalogues, so worlds, not purchases, are the independent replicates, and
+    worlds on one random stream count once: the intervals are CR1 over the level's streams with t(G - 1)
+    (:func:`stats.cluster_ratio`; with equal worlds on distinct streams, Student-t over the worlds' own
+    shares), NaN with one stream.
     """
     import pandas as pd
 
     rows = []
     for (agent, asymmetry), part in pairs.groupby(["agent", "asymmetry"], sort=True):
-        worlds = part.groupby(["simulation", "world"])[["purchases", "overrides", "caught"]].sum()
-        loss = part.assign(total=part["loss"] * part["purchases"]).groupby(["simulation", "world"])["total"].sum()
-        row = {"agent": agent, "asymmetry": float(asymmetry), "worlds": len(worlds), "pairs": len(part),
-               "purchases": int(worlds["purchases"].sum())}
-        for name, per_world in (("override", worlds["overrides"]), ("loss", loss), ("caught", worlds["caught"])):
-            row.update(_named(name, stats.mean_t((per_world / worlds["purchases"]).to_numpy())))
+        clusters, purchases = _streams(part), part["purchases"].to_numpy()
+        row = {"agent": agent, "asymmetry": float(asymmetry),
+               "worlds": len(part.groupby(["simulation", "world"])), "pairs": len(part),
+               "purchases": int(purchases.sum())}
+        g = 0
+        for name, total in (("override", part["overrides"]), ("loss", part["loss"] * part["purchases"]),
+                            ("caught", part["caught"])):
+            *triple, g = stats.cluster_ratio(total.to_numpy(), purchases, clusters)
+            row.update(_named(name, _share(triple) if name in SHARES else triple))
+        row["clusters"] = g
         row["hidden"] = float(part["hidden"].mean())
+        row["note"] = ONE_STREAM if g < 2 else ""
         rows.append(row)
     return pd.DataFrame(rows)
 
