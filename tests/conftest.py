@@ -126,3 +126,19 @@ def _stop_process_group(group: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
+
+
+def run_driver(command: list[str], ray_head: dict, timeout: float = 300) -> tuple[int, int, str]:
+    """Run ``command`` as a driver of ``ray_head``'s cluster (``RAY_ADDRESS`` and its token): (pid, exit code,
+    output); killed if it outlives ``timeout``."""
+    import subprocess
+
+    driver = subprocess.Popen(command, env={**ray_head["env"], "RAY_ADDRESS": ray_head["address"]},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = driver.communicate(timeout=timeout)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    return driver.pid, driver.returncode, output

@@ -13,6 +13,7 @@ import torch
 import sim
 from sim.config.scenario import scenario_from_yaml
 from sim.errors import ValuesimError
+from tests.conftest import run_driver
 
 pytest.importorskip("pettingzoo", reason="the rl extra: pip install 'valuesim[rl]'")
 from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test  # noqa: E402
@@ -486,8 +487,6 @@ def test_an_interrupted_rllib_run_resumes_from_its_latest_checkpoint(trained_rll
 
 
 def test_valuesim_train_rllib_joins_the_ray_cluster_of_ray_address(ray_head, tmp_path):
-    import subprocess
-
     pytest.importorskip("ray.rllib", reason="the ray extra: pip install 'valuesim[ray]'")
 
     out = tmp_path / "run"
@@ -498,15 +497,8 @@ def test_valuesim_train_rllib_joins_the_ray_cluster_of_ray_address(ray_head, tmp
                "--backend", "rllib", "--timesteps", "120", "--worlds", "2", "--device", "cpu", "--seed", "1",
                "--out", str(out), "--param", "n_steps=30", "--param", "batch_size=60", "--param", "n_epochs=2",
                "--param", "num_env_runners=1"]
-    driver = subprocess.Popen(command, env={**ray_head["env"], "RAY_ADDRESS": ray_head["address"]},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 0, output[-4000:]
+    pid, returncode, output = run_driver(command, ray_head)
+    assert returncode == 0, output[-4000:]
     record = json.loads((out / "train.json").read_text())
     assert record["status"] == "complete" and record["timesteps_done"] == 120, record
     # it joined the head's GCS (Ray names the node by its own address, never 127.0.0.1), not an instance of its own
@@ -515,7 +507,7 @@ def test_valuesim_train_rllib_joins_the_ray_cluster_of_ray_address(ray_head, tmp
     # and the cluster has a record of it: the driver's log (named by its pid), and an env runner's
     logs = ray_head["temp"] / "session_latest" / "logs"
     names = sorted(p.name for p in logs.iterdir())
-    assert [n for n in names if n.startswith("python-core-driver-") and n.endswith(f"_{driver.pid}.log")], names
+    assert [n for n in names if n.startswith("python-core-driver-") and n.endswith(f"_{pid}.log")], names
     # Ray writes ":actor_name:<class>" into the stdout of the worker that hosts an actor
     runners = [n for n in names if n.startswith("worker-") and n.endswith(".out")
                and ":actor_name:MultiAgentEnvRunner" in (logs / n).read_text(errors="replace")]

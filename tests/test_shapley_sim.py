@@ -17,6 +17,7 @@ import sim
 from sim.cli import main
 from sim.shapley.players import parse_players, player_masks
 from sim.shapley.simulation import Null, SimulationGame, Worth, apply_coalitions, evaluate_worlds
+from tests.conftest import run_driver
 
 REPO = Path(__file__).resolve().parent.parent
 CATALOG = REPO / "scenarios" / "shapley_influencers.yaml"
@@ -376,8 +377,6 @@ def test_evaluate_worlds_is_a_plain_function_of_plain_data():
 def test_valuesim_shapley_on_the_ray_cluster_of_ray_address_gives_the_local_table(ray_head, tmp_path):
     """What a cluster user runs (README, Shapley): the chunks go to the cluster's workers, not to an instance
     of the driver's own, and the values are those of the local executor bit for bit."""
-    import subprocess
-
     import pandas as pd
 
     options = ["--players", INFLUENCERS, "--metric", DRIFT, "--replicates", "2", "--batch", "8",
@@ -387,15 +386,8 @@ def test_valuesim_shapley_on_the_ray_cluster_of_ray_address_gives_the_local_tabl
     remote = tmp_path / "remote"
     command = [str(Path(sys.executable).with_name("valuesim")), "shapley", str(CATALOG), *options,
                "--executor", "ray", "--out", str(remote)]
-    driver = subprocess.Popen(command, env={**ray_head["env"], "RAY_ADDRESS": ray_head["address"]},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        output, _ = driver.communicate(timeout=300)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
-    assert driver.returncode == 0, output[-4000:]
+    pid, returncode, output = run_driver(command, ray_head)
+    assert returncode == 0, output[-4000:]
     manifest = json.loads((remote / "manifest.json").read_text())
     cluster = manifest["shapley"]["ray"]
     assert manifest["shapley"]["executor"] == "ray" and manifest["shapley"]["batch"] == 8
