@@ -377,3 +377,49 @@ def test_a_parameter_changed_in_place_is_seen_by_the_next_step():
     world.params.rate[0, 1::3] = 0.1
     got = numba_kernel.apply(values, values, state, world, rng)
     assert torch.equal(got, torch_kernel.apply(values, values, state, world, rng))
+
+
+@pytest.mark.parametrize("rule", ["aligned", "rebuilt"])
+def test_masked_draws_on_rows_longer_than_the_gather_buffer_equal_the_reference(monkeypatch, rule):
+    # The masked draw gathers a row's neighbours in one pass into a buffer of _numba.LIVE entries and
+    # counts, then scans, a longer row: hubs of both kinds, several blocks of slots, a hub left with no
+    # active neighbour, and a step of the two-thread pipeline cut into chunks that do not fall on blocks.
+    n, b = 400, 3
+    graph = nx.erdos_renyi_graph(n, 0.02, seed=6)
+    graph.add_edges_from((0, j) for j in range(1, 3 * _numba.LIVE))  # a hub longer than the buffer
+    graph.add_edges_from((1, j) for j in range(2, _numba.LIVE + 1))  # a row exactly as long as the buffer
+    graph.remove_edges_from(list(graph.edges(n - 1)))
+    graph.add_edges_from((n - 1, j) for j in range(n - 2 - _numba.LIVE * 2, n - 1))  # all absent in world 2
+    values = torch.rand((b, n, 2), generator=torch.Generator().manual_seed(6))
+    world, state = make_world(values, graph, confidence=0.4, rate=0.3)
+    state.active[0, ::3] = False
+    state.active[1, 1::2] = False
+    state.active[2, n - 2 - _numba.LIVE * 2:n - 1] = False
+    rng = Streams.of(6, b).at(4)
+    count, used = pair_counts(3.0, n, state.active, rule)
+    assert count > 2 * _numba.BLOCK
+    net = world.network
+    got = _numba.draw_pairs(net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(b).numpy(),
+                            rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(), count,
+                            used.numpy(), state.active.numpy(), True, rule == "aligned")
+    u_focal = rng.uniform("deffuant/focal", (b, count), torch.float64)
+    u_partner = rng.uniform("deffuant/partner", (b, count), torch.float64)
+    for w in range(b):
+        want = pairs_reference(net.rowptr.numpy(), net.col.numpy(), state.active[w].numpy(), u_focal[w].numpy(),
+                               u_partner[w].numpy(), int(used[w]), rule)
+        np.testing.assert_array_equal(got[0][w], want[0])
+        np.testing.assert_array_equal(got[1][w], want[1])
+    for hub in (0, 1):
+        assert (got[1][got[0] == hub] >= 0).sum() > 3, "the long rows were not drawn from"
+    assert (got[1][2][got[0][2] == n - 1] == -1).all()
+    focal, partner = sample_pairs(net, count, rng, "deffuant", state.active, used, rule)
+    want = Deffuant(Deffuant.Params(kernel="torch")).apply_pairs(values, values, world, focal, partner)
+    monkeypatch.setattr(_numba, "PIPELINE_CHUNK", 700)
+    for pipeline in (False, True):
+        x = torch.full_like(values, np.nan)
+        _numba.deffuant(values.numpy(), x.numpy(), values.numpy(), torch.zeros((1, n), dtype=torch.bool).numpy(),
+                        net.rowptrs.numpy(), net.cols.numpy(), net.world_graph(b).numpy(),
+                        rng.key("deffuant/focal").numpy(), rng.key("deffuant/partner").numpy(), used.numpy(),
+                        state.active.numpy(), True, world.params.confidence.numpy(), world.params.rate.numpy(), 0,
+                        np.inf, pipeline=pipeline, aligned=rule == "aligned")
+        assert torch.equal(x, want)

@@ -38,6 +38,8 @@ CHUNK = 4096  # pairs drawn, then applied, at a time by one thread (two int64 bu
 AHEAD = 16  # pairs whose value rows are prefetched ahead of the one being applied
 PIPELINE_CHUNK = 65536  # pairs handed between the drawing and the applying thread
 PIPELINE_MIN_PAIRS = 200_000  # below this a world's step is too short to pay for the hand-offs
+LIVE = 64  # neighbours a masked draw gathers in one pass; a longer row takes two
+BLOCK = 512  # slots of a masked draw whose rows are read, then picked from, while they stay in cache
 
 
 @intrinsic
@@ -96,7 +98,8 @@ def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, aligned, ac
     A focal agent with no (active) neighbour gets partner -1.
 
     Three passes, each prefetching what the next reads: focal agents (their
-    CSR rows), the picked edges (their ``col`` entries), the partners.
+    CSR rows), the picked edges (their ``col`` entries), the partners; under a
+    mask the last two are :func:`_masked_partners`.
     """
     if not masked:
         for s in range(lo, hi):
@@ -140,41 +143,61 @@ def _draw_pairs(rowptr, col, key_focal, key_partner, lo, hi, masked, aligned, ac
 def _masked_partners(rowptr, col, key_partner, lo, hi, active, focal, partner):
     """Each focal agent's ``floor(u' * d)``-th active neighbour (CSR order), or -1 if it has none (or is -1).
 
-    Prefetched ahead: the ``col`` row of the focal agent ``2 * AHEAD`` slots on (its ``rowptr`` entry
-    already was), and the ``active`` flags of the neighbours of the one ``AHEAD`` slots on.
+    In blocks of ``BLOCK`` slots, two passes each, as the unmasked draw: the focal agents' rows
+    (``rowptr``, read without a data-dependent loop, so that the misses overlap; each ``col`` row
+    prefetched), then the picks, while the block's rows are still in cache. A pick is one pass over the
+    row that writes every neighbour to ``live`` and advances by its active flag: branching on a flag that
+    is true or false at random, once counting and once picking, cost more than the reads. A row longer
+    than the buffer is counted, then scanned for the pick.
     """
-    for s in range(lo, hi):
-        q = s - lo
-        if s + 2 * AHEAD < hi:
-            ahead = focal[q + 2 * AHEAD]
-            if ahead >= 0 and rowptr[ahead + 1] > rowptr[ahead]:
-                _prefetch(col, rowptr[ahead])
-        if s + AHEAD < hi:
-            ahead = focal[q + AHEAD]
-            if ahead >= 0:
-                for e in range(rowptr[ahead], rowptr[ahead + 1]):
-                    _prefetch(active, col[e])
-        i = focal[q]
-        if i < 0:
+    degrees = np.empty(BLOCK, np.int64)
+    live = np.empty(LIVE, np.int64)
+    for block in range(lo, hi, BLOCK):
+        first = block - lo
+        count = min(BLOCK, hi - block)
+        for r in range(count):
+            q = first + r
+            i = focal[q]
+            if i < 0:
+                degrees[r] = 0
+                continue
+            start = rowptr[i]
+            degree = rowptr[i + 1] - start
+            partner[q] = start
+            degrees[r] = degree
+            if degree > 0:
+                _prefetch(col, start)
+                _prefetch(col, start + degree - 1)
+        for r in range(count):
+            q = first + r
+            degree = degrees[r]
+            start = partner[q]
             partner[q] = -1
-            continue
-        start = rowptr[i]
-        degree = rowptr[i + 1] - start
-        live = 0
-        for e in range(start, start + degree):
-            if active[col[e]]:
-                live += 1
-        partner[q] = -1
-        if live == 0:
-            continue
-        pick = _below(key_partner, s, live)
-        for e in range(start, start + degree):
-            j = col[e]
-            if active[j]:
-                if pick == 0:
-                    partner[q] = j
-                    break
-                pick -= 1
+            if degree == 0:
+                continue
+            s = lo + q
+            if degree <= LIVE:
+                d = 0
+                for e in range(start, start + degree):
+                    j = col[e]
+                    live[d] = j  # written whatever the flag; the next neighbour overwrites an absent one
+                    d += np.int64(active[j])
+                if d > 0:
+                    partner[q] = live[_below(key_partner, s, d)]
+                continue
+            d = 0
+            for e in range(start, start + degree):
+                d += np.int64(active[col[e]])
+            if d == 0:
+                continue
+            pick = _below(key_partner, s, d)
+            for e in range(start, start + degree):
+                j = col[e]
+                if active[j]:
+                    if pick == 0:
+                        partner[q] = j
+                        break
+                    pick -= 1
 
 
 @njit(cache=True)
