@@ -138,6 +138,66 @@ def test_single_world_decision_uses_the_metric_own_interval(tmp_path):
     assert row["n"] == 1 and (row["low"], row["high"]) == (pytest.approx(low), pytest.approx(high))
 
 
+SHOPPING = REPO / "scenarios" / "principal_agent_shopping.yaml"
+SMALL_SHOP = ["population.principals.count=30", "population.agents.count=30"]
+
+
+def test_one_world_of_delegation_shows_its_two_way_interval_not_one_over_purchases(tmp_path, capsys,
+                                                                                     monkeypatch):
+    path = sim.run(str(SHOPPING), worlds=1, runs_dir=tmp_path, overrides=[*SMALL_SHOP, "steps=10"])
+    result = summary.summarize(path)
+    rows = result["rows"]
+    m = sim.open_run(path).metrics()
+    last = m[m.step == m.step.max()]
+    logged = {r.metric: r.value for r in last.itertuples()}
+    assert logged["delegation.steps"] == 10
+    for name in ("override", "loss", "caught"):
+        row = rows[(rows.metric == f"delegation.{name}") & (rows.stat == "final")].iloc[0]
+        assert row["n"] == 1 and row["low"] < row["mean"] < row["high"]
+        assert (row["low"], row["high"]) == (pytest.approx(logged[f"delegation.{name}.low"]),
+                                             pytest.approx(logged[f"delegation.{name}.high"]))
+    override = rows[rows.metric == "delegation.override"].iloc[0]
+    from plugins.decisions.stats import proportion
+
+    _, low, high = proportion(override["mean"] * 300, 300)  # Wilson over the 300 purchases, as it once was
+    assert override["high"] - override["low"] > 1.3 * (high - low)
+    assert not any("delegation" in note for note in result["notes"])
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "delegation.override" in out and f"{override['low']:.4g}, {override['high']:.4g}" in out
+
+    # a run logged before the metric clustered its intervals (no delegation.steps): none, and a note saying why
+    old = m[m.metric != "delegation.steps"].assign(replicate=0)
+    rows = summary.summarize_metrics(old)
+    row = rows[rows.metric == "delegation.override"].iloc[0]
+    assert row["n"] == 1 and np.isfinite(row["mean"]) and np.isnan(row["low"]) and np.isnan(row["high"])
+    (note,) = summary.interval_notes(rows, old)
+    assert "over purchases" in note and "too narrow" in note and "--worlds 8" in note
+    # the report's per-world decision table likewise drops such a run's delegation bounds, keeps this one's
+    from sim.analysis import report
+
+    run = sim.open_run(path)
+    shown = report._decision_table(run)
+    assert f"<th>delegation.override</th><td>all</td><td>{override['mean']:.4g} [" in shown
+    names = [n for n in report._decision_readings(run) if n != "delegation.steps"]
+    monkeypatch.setattr(report, "_decision_readings", lambda _: names)
+    assert f"<th>delegation.override</th><td>all</td><td>{override['mean']:.4g}</td>" in report._decision_table(run)
+
+
+def test_one_world_of_delegation_after_one_step_has_no_interval_and_says_why(tmp_path, capsys):
+    path = sim.run(str(SHOPPING), worlds=1, runs_dir=tmp_path, overrides=[*SMALL_SHOP, "steps=1"])
+    row = summary.summarize(path)["rows"].query("metric == 'delegation.override'").iloc[0]
+    assert np.isfinite(row["mean"]) and np.isnan(row["low"])
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "note: delegation.* of a single world" in out and "two steps" in out and "--worlds 8" in out
+    # several worlds: Student-t over them, no note
+    path = sim.run(str(SHOPPING), worlds=3, runs_dir=tmp_path, overrides=[*SMALL_SHOP, "steps=1"])
+    result = summary.summarize(path)
+    row = result["rows"].query("metric == 'delegation.override'").iloc[0]
+    assert row["n"] == 3 and np.isfinite(row["low"]) and not result["notes"]
+
+
 def test_shapley_table_in_the_summary(runs):
     result = summary.summarize(runs["shapley"])
     table = result["shapley"]

@@ -2,7 +2,8 @@
 
 A delegation world draws one catalogue per step for all its pairs and a pair keeps its weights for all its
 purchases, so purchases and pairs are clustered and only worlds on distinct random streams are independent:
-``delegation_table`` / ``delegation_levels`` use cluster-robust (CR1) intervals over streams. An advice
+``delegation_table`` / ``delegation_levels`` use cluster-robust (CR1) intervals over streams, and the
+``delegation_trial`` metric's per-world intervals are two-way cluster-robust by pair and by step. An advice
 world's clients draw everything of their own and nothing couples them, so the advice trial's per-arm
 intervals stay over clients (Wilson) unless the worlds share streams or something else moves the clients.
 
@@ -18,10 +19,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import sim
 from plugins.decisions import stats
-from plugins.decisions.metrics import AdviceTrial, advice_table, delegation_summary, delegation_table
+from plugins.decisions.delegation import OUTCOMES
+from plugins.decisions.metrics import (AdviceTrial, DelegationTrial, advice_table, delegation_summary,
+                                       delegation_table, ratio_variances, two_way_interval)
 from tests.conftest import REPO
 
 SHOPPING = REPO / "scenarios" / "principal_agent_shopping.yaml"
@@ -176,6 +180,110 @@ def test_the_delegation_intervals_cover_the_mean_over_seeds_about_95_percent_of_
     for name, count in covered.items():
         assert 0.9 <= count / BATCHES <= 0.99, (name, count / BATCHES)
     assert naive["override"] / BATCHES < 0.8 and naive["override_slope"] / BATCHES < 0.9, naive
+
+
+# ---------------------------------------------------------------- delegation_trial: two-way clusters in a world
+
+
+def _carry_of(z: np.ndarray) -> dict:
+    """The carry's totals and sums, from one world's purchases z [steps, pairs, outcomes] written out at once
+    (the protocol keeps them running)."""
+    step = z.sum(1)  # [steps, outcomes]
+    as_tensor = lambda a: torch.as_tensor(np.asarray(a, dtype=float))[None]  # noqa: E731
+    carry = {key: as_tensor(z[:, :, k].sum(0)) for k, key in enumerate(OUTCOMES)}
+    carry.update(step_sq=as_tensor((step**2).sum(0)), step_cross=as_tensor((step * step[:, :1]).sum(0)),
+                 purchase_sq=as_tensor((z**2).sum((0, 1))), steps=as_tensor((step[:, 0] > 0).sum()))
+    return carry
+
+
+def _cgm_by_hand(z: np.ndarray, k: int) -> tuple[float, float, float]:
+    """Outcome k per purchase with Cameron-Gelbach-Miller's two-way interval, from one row per purchase."""
+    steps, pairs = np.nonzero(z[:, :, 0])
+    y = z[steps, pairs, k]
+    one = np.ones((y.size, 1))
+    covariances = {}
+    for name, labels in (("pair", pairs), ("step", steps), ("purchase", np.arange(y.size))):
+        g = np.unique(labels).size
+        beta, covariances[name] = _sandwich(one, y, labels, g / (g - 1))
+    two_way = covariances["pair"][0, 0] + covariances["step"][0, 0] - covariances["purchase"][0, 0]
+    variance = two_way if two_way >= 0 else max(covariances["pair"][0, 0], covariances["step"][0, 0])
+    half = _t975(min(np.unique(pairs).size, np.unique(steps).size) - 1) * math.sqrt(variance)
+    return beta[0], beta[0] - half, beta[0] + half
+
+
+def test_the_trial_metrics_interval_is_the_two_way_sandwich_of_its_purchases():
+    # one world run step by step: a purchase's outcomes are the changes of its pair's counts
+    simulation = _shopping([3], ["protocols.delegation.noise=0.2"], count=12)
+    carry = simulation.state.protocols["delegation"]
+    steps = []
+    for _ in range(6):
+        before = {k: carry[k].clone() for k in OUTCOMES}
+        simulation.advance(1)
+        carry = simulation.state.protocols["delegation"]
+        steps.append(torch.stack([carry[k] - before[k] for k in OUTCOMES], -1)[0].numpy())
+    z = np.stack(steps)
+    assert z[:, :, 1].sum() > 3 and np.all(z[:, :, 0] == 1)
+    for key in OUTCOMES:
+        assert carry[key][0].numpy() == pytest.approx(_carry_of(z)[key][0].numpy())
+    for name in ("step_sq", "step_cross", "purchase_sq", "steps"):
+        assert carry[name].numpy() == pytest.approx(_carry_of(z)[name].numpy()), name
+    for k, key in enumerate(OUTCOMES[1:], 1):
+        assert two_way_interval(carry, key)[0].tolist() == pytest.approx(_cgm_by_hand(z, k)), key
+
+
+def test_a_negative_two_way_variance_falls_back_to_the_larger_one_way_variance():
+    # five overrides spread over 3 steps x 5 pairs so that neither the pairs' nor the steps' totals vary much:
+    # the purchases' variance then exceeds the two one-way ones together
+    z = np.zeros((3, 5, len(OUTCOMES)))
+    z[:, :, 0] = 1
+    z[[0, 1, 1, 2, 2], [3, 1, 3, 2, 4], 1] = 1
+    carry = _carry_of(z)
+    v = {name: float(value[0]) for name, value in ratio_variances(carry, "overrides").items()}
+    assert v["pair"] + v["step"] - v["purchase"] < 0 < v["pair"] != v["step"]
+    r, low, high = two_way_interval(carry, "overrides")[0].tolist()
+    assert (high - low) / 2 == pytest.approx(_t975(2) * math.sqrt(max(v["pair"], v["step"])))  # min(5, 3) - 1
+    assert (r, low, high) == pytest.approx(_cgm_by_hand(z, 1))
+
+
+def test_one_step_or_one_pair_gives_no_trial_interval():
+    for shape in ((1, 5), (4, 1)):
+        z = np.ones((*shape, len(OUTCOMES)))
+        z[..., 1] = np.arange(z[..., 1].size).reshape(shape) % 2
+        r, low, high = two_way_interval(_carry_of(z), "overrides")[0].tolist()
+        assert math.isfinite(r) and math.isnan(low) and math.isnan(high), shape
+
+
+TRIAL_WORLDS = 800
+
+
+def test_the_trial_metrics_intervals_cover_the_mean_over_worlds_and_purchase_intervals_do_not():
+    """800 worlds of a small scenario (30 pairs, 12 purchases each, conflict 1: pairs differ a lot), each
+    world's logged interval against the mean over all of them (whose own error is a 28th of a world's).
+    Two-way intervals cover about 95%; Wilson over purchases (the metric's old interval) and either one-way
+    clustering alone cover far less, so the test fails if the interval ignores either clustering."""
+    simulation = _shopping(range(TRIAL_WORLDS), ["protocols.delegation.conflict=1"], count=30)
+    simulation.advance(12)
+    readings = {r.metric: r.value[:, 0, 0] for r in DelegationTrial(DelegationTrial.Params()).observe(
+        simulation.state, simulation.world, None, simulation.rng)[0]}
+    carry = simulation.state.protocols["delegation"]
+    assert bool((readings["delegation.steps"] == 12).all())
+    coverage = {}
+    for name, key in (("override", "overrides"), ("loss", "loss"), ("caught", "caught")):
+        value, low, high = (readings[f"delegation.{name}{s}"] for s in ("", ".low", ".high"))
+        truth = float(value.mean())
+        coverage[name] = float(((low <= truth) & (truth <= high)).double().mean())
+        v = ratio_variances(carry, key)
+        for one in ("pair", "step"):
+            half = _t975(29 if one == "pair" else 11) * v[one].sqrt()
+            coverage[f"{name} by {one}"] = float(((value - half <= truth) & (truth <= value + half)).double().mean())
+    for name in ("override", "loss", "caught"):
+        assert 0.92 <= coverage[name] <= 0.98, coverage
+    k, n = carry["overrides"].sum(1), carry["purchases"].sum(1)
+    truth = float((k / n).mean())
+    wilson = [stats.proportion(float(a), float(b)) for a, b in zip(k, n)]
+    assert np.mean([low <= truth <= high for _, low, high in wilson]) < 0.7, coverage  # 0.575 here
+    # here: two-way 0.950 / 0.941 / 0.941; by pair alone 0.76 (override), by step alone 0.86 (loss)
+    assert coverage["override by pair"] < 0.85 and coverage["loss by step"] < 0.9, coverage
 
 
 # ---------------------------------------------------------------- advice: clients are independent

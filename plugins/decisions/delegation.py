@@ -28,7 +28,11 @@ that costs the principal utility, and each catch costs the agent ``penalty``.
 
 Outcomes in the carry: per pair ``hidden``, and counts so far ``purchases``, ``overrides``, ``loss``,
 ``audits``, ``caught``, ``penalties``; per world this step's ``override_rate``, ``loss_mean``,
-``audit_rate``, ``penalty_rate``. The ``delegation_trial`` metric logs them with 95% intervals.
+``audit_rate``, ``penalty_rate``. The ``delegation_trial`` metric logs them with 95% intervals, two-way
+cluster-robust by pair and by step, from the running sums kept per world for each of the :data:`OUTCOMES`
+(``[B, 6]``, in that order): ``step_sq`` (the sum over steps of the square of the step's world total),
+``step_cross`` (of the step's total times its purchases), ``purchase_sq`` (the sum over purchases of each
+outcome squared), and ``steps`` ([B], steps with a purchase). A pair's totals are the per-pair counts above.
 
 Every number of the parameters but ``items`` (the catalogue's size, a shape) may differ between the worlds
 of one batch (``per_world``: a sweep over asymmetry or a calibration swarm is one batch,
@@ -37,6 +41,7 @@ of one batch (``per_world``: a sweep over asymmetry or a calibration swarm is on
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
@@ -47,6 +52,9 @@ from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams
 from .advice import per_row
 
 Unit = Annotated[float, Interval(ge=0, le=1)]
+
+OUTCOMES = ("purchases", "overrides", "loss", "audits", "caught", "penalties")
+"""Each purchase's outcomes, in the order of the running sums' last axis (purchases first: the denominator)."""
 
 
 class Delegation:
@@ -140,7 +148,7 @@ class Delegation:
                 "visible": ~hidden, "hidden": hidden.double().mean(-1), "purchases": zeros.clone(),
                 "overrides": zeros.clone(), "loss": zeros.clone(), "audits": zeros.clone(), "caught": zeros.clone(),
                 "penalties": zeros.clone(), "override_rate": nan, "loss_mean": nan.clone(),
-                "audit_rate": nan.clone(), "penalty_rate": nan.clone()}
+                "audit_rate": nan.clone(), "penalty_rate": nan.clone(), **no_moments(b, world.device)}
 
     def action_spaces(self, world: World) -> dict:
         from gymnasium.spaces import Discrete
@@ -205,10 +213,11 @@ class Delegation:
         out = dict(carry)
         f = present.double()
         penalty = self._w("penalty", world)
-        for key, add in (("purchases", f), ("overrides", override.double()), ("loss", loss * f),
-                         ("audits", audited.double()), ("caught", caught.double()),
-                         ("penalties", penalty[:, None] * caught.double())):
+        outcome = {"purchases": f, "overrides": override.double(), "loss": loss * f, "audits": audited.double(),
+                   "caught": caught.double(), "penalties": penalty[:, None] * caught.double()}
+        for key, add in outcome.items():
             out[key] = carry[key] + add
+        out.update(_moments(carry, torch.stack([outcome[k] for k in OUTCOMES], -1)))
         count = f.sum(1).clamp_min(1)
         out["override_rate"] = override.double().sum(1) / count
         out["loss_mean"] = (loss * f).sum(1) / count
@@ -262,3 +271,25 @@ def _simplex(u: torch.Tensor) -> torch.Tensor:
     The log runs world by world, so each world's weights are those it draws alone (see ``per_row``)."""
     e = -per_row(torch.log, u.clamp_min(1e-12))
     return e / e.sum(-1, keepdim=True)
+
+
+def no_moments(b: int, device, fill: float = 0.0) -> dict[str, torch.Tensor]:
+    """The running sums of a world that has made no purchase yet (see the module docstring)."""
+    sums = torch.full((b, len(OUTCOMES)), fill, dtype=torch.float64, device=device)
+    return {"step_sq": sums, "step_cross": sums.clone(), "purchase_sq": sums.clone(),
+            "steps": torch.full((b,), fill, dtype=torch.float64, device=device)}
+
+
+def _moments(carry, z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The running sums after this step's purchases z [B, n, outcomes] (0 for an absent pair).
+
+    They are what a two-way cluster-robust variance of a ratio (outcome per purchase) needs and nothing
+    that grows with the run: a step's cluster enters only through its world totals, a purchase through its
+    squares, and a pair's totals are already the per-pair counts."""
+    if "step_sq" not in carry:  # a checkpoint from before the sums: the earlier steps are lost, so NaN
+        carry = {**carry, **no_moments(z.shape[0], z.device, math.nan)}
+    total = z.sum(1)  # [B, outcomes]: this step's cluster
+    return {"step_sq": carry["step_sq"] + total * total,
+            "step_cross": carry["step_cross"] + total * total[:, :1],
+            "purchase_sq": carry["purchase_sq"] + (z * z).sum(1),
+            "steps": carry["steps"] + (total[:, 0] > 0).double()}

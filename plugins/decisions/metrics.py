@@ -138,12 +138,15 @@ class DelegationTrial:
     - ``delegation.caught`` [B, 1, 1]: share of purchases with an override caught (and penalised);
     - ``delegation.penalty`` [B, 1, 1]: mean penalty per purchase;
     - ``delegation.hidden`` [B, 1, 1]: mean share of attributes hidden from the principals (the asymmetry);
-    - each rate and mean with ``.low`` and ``.high`` (its 95% interval).
+    - ``delegation.steps`` [B, 1, 1]: steps with a purchase so far (the step clusters of the intervals).
 
-    These intervals are within one world, over its purchases (Wilson) or pairs (normal), and are too narrow:
-    a world's pairs share each step's catalogue and a pair's purchases share its weights. Over several worlds
-    read the spread between worlds instead (``valuesim analyze``: Student-t over worlds) or
-    :func:`delegation_table` (cluster-robust over streams).
+    Each rate and mean comes with ``.low`` and ``.high``, its 95% interval. It is a ratio over the world's
+    purchases so far, and its interval is two-way cluster-robust, by pair and by step
+    (:func:`two_way_interval`): a world's pairs share each step's catalogue and a pair's purchases share its
+    weights and hidden mask, so neither purchases nor pairs are independent draws (an interval over
+    purchases covered the mean over worlds in 41-44% of worlds of the shipped scenario). NaN until the
+    world has purchases in two steps. Over several worlds ``valuesim analyze`` gives Student-t over worlds
+    and :func:`delegation_table` CR1 over streams.
     """
 
     class Params(PluginParams):
@@ -151,27 +154,92 @@ class DelegationTrial:
         """The delegation protocol's name in the scenario."""
 
     writes = tuple(f"delegation.{m}{s}" for m in ("override", "loss", "audits", "caught", "penalty")
-                   for s in ("", ".low", ".high")) + ("delegation.hidden",)
+                   for s in ("", ".low", ".high")) + ("delegation.hidden", "delegation.steps")
 
     def __init__(self, params: Params):
         self.params = params
 
     def observe(self, state: State, world: World, carry, rng: Streams):
         c = _carry(state, self.params.protocol, "purchases")
-        n = c["purchases"].sum(1)
-        per_pair = c["loss"] / c["purchases"].clamp_min(1)
         scopes = ("all",)
         readings = []
-        for name, key in (("override", "overrides"), ("audits", "audits"), ("caught", "caught")):
-            readings += _triple(f"delegation.{name}", _wilson(c[key].sum(1), n)[:, None], scopes)
-        has = c["purchases"] > 0
-        readings += _triple("delegation.loss", _masked_mean_interval(per_pair[..., None], has[..., None])[:, :1],
-                            scopes)
-        pen = c["penalties"] / c["purchases"].clamp_min(1)
-        readings += _triple("delegation.penalty", _masked_mean_interval(pen[..., None], has[..., None])[:, :1],
-                            scopes)
+        for name, key in (("override", "overrides"), ("loss", "loss"), ("audits", "audits"), ("caught", "caught"),
+                          ("penalty", "penalties")):
+            triple = two_way_interval(c, key)
+            if name in ("override", "audits", "caught"):  # shares: a symmetric interval clipped to [0, 1]
+                triple = torch.stack([triple[:, 0], triple[:, 1].clamp_min(0), triple[:, 2].clamp_max(1)], -1)
+            readings += _triple(f"delegation.{name}", triple[:, None], scopes)
         readings.append(Reading("delegation.hidden", c["hidden"].mean(1)[:, None, None], scopes))
+        readings.append(Reading("delegation.steps", c["steps"][:, None, None], scopes))
         return readings, None
+
+
+# A world's purchases are crossed in two ways: its pairs share each step's catalogue (a step is a cluster),
+# and a pair keeps its weights and hidden mask for all its purchases (a pair is a cluster); purchases of
+# another pair at another step share nothing. So the variance of a ratio (an outcome per purchase) is
+# Cameron, Gelbach & Miller's two-way cluster-robust one (2011, "Robust inference with multiway clustering"):
+# V = V_pair + V_step - V_purchase, each a CR1 sandwich with its own G / (G - 1), the larger one-way variance
+# where that difference is negative, and t(min(G_pair, G_step) - 1).
+#
+# Whether a within-world interval can be honest with the few steps a run has was decided by coverage of the
+# mean over worlds (the truth; its own error is a 45th of a world's), 2,000 worlds of the shipped scenario
+# per row, at 2, 3, 5, 10 and 20 steps:
+#   200 pairs, nuanced: two-way 0.944-0.982 for override, loss and caught; Wilson over purchases 0.41-0.44,
+#     one-way by pair 0.42-0.71, by step 0.92-0.96;
+#   30 pairs, nuanced: two-way 0.924-0.996 (lowest: loss at 10 steps); Wilson 0.71-0.82, by pair 0.75-0.89,
+#     by step 0.83-0.94;
+#   rigid, noise 0.1 (1,000 worlds): two-way 0.929-0.995; Wilson 0.38-0.77.
+# So the two-way interval is kept: t(G - 1) makes it wide (conservative) at two or three steps, where few
+# step clusters would otherwise undercover, and it is near 95% from five. The share stays inside [0, 1] by
+# clipping. tests/test_decisions_intervals.py checks the coverage (and Wilson's failure) in seconds.
+
+
+def ratio_variances(c: dict, key: str) -> dict[str, torch.Tensor]:
+    """For each world, ``key`` per purchase and its one-way CR1 variances by pair, by step and by purchase,
+    with the numbers of clusters ([B] each: ratio, pair, step, purchase, pairs, steps), from the carry's
+    per-pair totals and running sums (``plugins.decisions.delegation``)."""
+    from .delegation import OUTCOMES, no_moments
+
+    if "step_sq" not in c:  # a carry from a checkpoint made before the protocol kept the sums: no interval
+        c = {**c, **no_moments(c["purchases"].shape[0], c["purchases"].device, math.nan)}
+    k = OUTCOMES.index(key)
+    n = c["purchases"]  # [B, n]: a pair's purchases
+    total, count = c[key].sum(1), n.sum(1)
+    r = total / count.clamp_min(1)
+
+    def sandwich(sum_sq: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+        # sum_g (y_g - r n_g)^2, a cluster g's residual total, with CR1's G / (G - 1), over (sum n)^2
+        return clusters / (clusters - 1).clamp_min(1) * sum_sq.clamp_min(0) / count.clamp_min(1) ** 2
+
+    pairs = (n > 0).double().sum(1)
+    by_pair = ((c[key] - r[:, None] * n) ** 2).sum(1)
+    by_step = c["step_sq"][:, k] - 2 * r * c["step_cross"][:, k] + r * r * c["step_sq"][:, 0]
+    by_purchase = c["purchase_sq"][:, k] - 2 * r * total + r * r * count  # a purchase's count is 0 or 1
+    return {"ratio": torch.where(count > 0, r, math.nan), "pair": sandwich(by_pair, pairs),
+            "step": sandwich(by_step, c["steps"]), "purchase": sandwich(by_purchase, count), "pairs": pairs,
+            "steps": c["steps"]}
+
+
+def two_way_interval(c: dict, key: str) -> torch.Tensor:
+    """[B, 3]: ``key`` per purchase with its two-way cluster-robust 95% interval (by pair and by step); NaN
+    bounds with fewer than two pairs or two steps (the spread between clusters is then unknown)."""
+    v = ratio_variances(c, key)
+    two_way = v["pair"] + v["step"] - v["purchase"]
+    variance = torch.where(two_way >= 0, two_way, torch.maximum(v["pair"], v["step"]))
+    df = torch.minimum(v["pairs"], v["steps"]) - 1
+    half = t975(df) * variance.sqrt()
+    low, high = v["ratio"] - half, v["ratio"] + half
+    ok = df >= 1  # NaN steps (a checkpoint from before the sums) fail this too
+    return torch.stack([v["ratio"], torch.where(ok, low, math.nan), torch.where(ok, high, math.nan)], -1)
+
+
+def t975(df: torch.Tensor) -> torch.Tensor:
+    """Student t's 97.5% quantile for each number of degrees of freedom (NaN below 1), on df's device."""
+    from scipy.stats import t
+
+    values = df.detach().cpu().double().numpy()
+    quantile = np.where(values >= 1, t.ppf(0.975, np.maximum(values, 1)), np.nan)
+    return torch.as_tensor(quantile, dtype=torch.float64, device=df.device)
 
 
 def _carry(state: State, name: str, key: str) -> dict:

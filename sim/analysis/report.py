@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import RunDirError
 from ..runs.reading import RunView, open_run
+from .summary import DELEGATION_CLUSTERED, DELEGATION_INTERVALS
 
 # Readings written by the decision metrics (advice_trial, delegation_trial), found by the catalogue and,
 # for runs without one, by the prefixes of their names.
@@ -178,6 +179,8 @@ def _decision_table(run: RunView) -> str:
     rows = metrics[metrics["metric"].isin(names)]
     rows = rows[rows["step"] == rows["step"].max()]
     bounds = {n.rsplit(".", 1)[0] for n in names if n.endswith((".low", ".high"))}
+    if DELEGATION_CLUSTERED not in names:  # delegation intervals logged over purchases: too narrow to show
+        bounds -= set(DELEGATION_INTERVALS)
     base = [n for n in names if not n.endswith((".low", ".high"))]
     worlds = sorted(rows["world"].unique())
     lookup = {(r.metric, r.group, r.world): r.value for r in rows.itertuples()}

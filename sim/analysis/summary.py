@@ -9,8 +9,11 @@ A summary is a list of rows ``section, metric, group, dimension, stat, mean, low
 
 A replicate is a world of a run (counterfactual twins left out), or a world of one of several runs of one
 scenario (``pool=True``: the runs are seeds). Intervals are Student-t over replicates; a single replicate of
-a decision metric takes the interval its metric logged (``.low`` / ``.high``: Wilson or t over clients), and
-otherwise has none. ``shapley.parquet``, when the run has one, is passed on as it is.
+a decision metric takes the interval its metric logged (``.low`` / ``.high``: Wilson or normal over clients
+for advice, two-way cluster-robust by pair and step for delegation), and otherwise has none. A delegation
+run that logged intervals over purchases (made before ``delegation_trial`` clustered them: it has no
+``delegation.steps`` reading) keeps none, and the summary's notes say why and how to get one.
+``shapley.parquet``, when the run has one, is passed on as it is.
 """
 
 from __future__ import annotations
@@ -36,6 +39,13 @@ SECTIONS: dict[str, tuple[str, ...]] = {
                   "delegation.penalty", "delegation.hidden"),
 }
 PEAK = ("drift", "drift_dimension", "mean_shift")
+# delegation_trial's readings with a logged interval, and the reading it writes beside the two-way
+# cluster-robust ones: older runs logged intervals over purchases, too narrow (a world's purchases share each
+# step's catalogue and a pair's its weights; they covered the mean over worlds in 41-44% of worlds of the
+# shipped scenario), which one world must not present as its own.
+DELEGATION_INTERVALS = ("delegation.override", "delegation.loss", "delegation.audits", "delegation.caught",
+                        "delegation.penalty")
+DELEGATION_CLUSTERED = "delegation.steps"
 COLUMNS = ["section", "metric", "group", "dimension", "stat", "mean", "low", "high", "n", "se"]
 SHAPLEY_COLUMNS = ["player", "metric", "window", "value", "se", "ci_low", "ci_high", "share", "rank", "method", "null"]
 
@@ -65,12 +75,15 @@ def summarize_metrics(metrics: pd.DataFrame, level: float = 0.95) -> pd.DataFram
     wanted = {m: s for s, names in SECTIONS.items() for m in names}
     rows: list[dict[str, Any]] = []
     chosen = metrics[metrics["metric"].isin(list(wanted))]
+    clustered = _delegation_clustered(metrics)
     for (metric, group, dim), part in chosen.groupby(KEYS, sort=False, observed=True):
         section = wanted[metric]
         per_replicate = part.sort_values("step").groupby("replicate", sort=True)["value"]
         final = per_replicate.agg(_last_any if metric == "consensus_time" else _last)
-        rows.append(_row(section, metric, group, dim, "final", final.to_numpy(), level,
-                         _own_interval(metrics, metric, group, dim, final)))
+        own = _own_interval(metrics, metric, group, dim, final)
+        if own is not None and metric in DELEGATION_INTERVALS and not clustered:
+            own = (math.nan, math.nan)  # logged over purchases: too narrow to show (see DELEGATION_INTERVALS)
+        rows.append(_row(section, metric, group, dim, "final", final.to_numpy(), level, own))
         if metric in PEAK:
             rows.append(_row(section, metric, group, dim, "peak", per_replicate.agg(_peak).to_numpy(), level))
         if metric == "consensus_time":
@@ -109,6 +122,29 @@ def _own_interval(metrics, metric, group, dim, final):
             return None
         bounds.append(float(rows.sort_values("step")["value"].iloc[-1]))
     return tuple(bounds)
+
+
+def _delegation_clustered(metrics) -> bool:
+    """Whether the delegation intervals these metrics logged are the two-way cluster-robust ones."""
+    return bool((metrics["metric"] == DELEGATION_CLUSTERED).any())
+
+
+def interval_notes(rows: pd.DataFrame, metrics: pd.DataFrame, where: str = "") -> list[str]:
+    """Notes for the delegation rows of one replicate left without an interval: why, and how to get one."""
+    if rows.empty:
+        return []
+    bare = rows[rows["metric"].isin(DELEGATION_INTERVALS) & (rows["n"] == 1) & rows["low"].isna()
+                & rows["mean"].notna()]
+    if bare.empty:
+        return []
+    if not _delegation_clustered(metrics):
+        why = ("its delegation_trial logged intervals over purchases, which ignore that a world's purchases "
+               "share each step's catalogue and a pair's its weights (too narrow), so none is shown; run it "
+               "again for a two-way cluster-robust one (by pair and step)")
+    else:
+        why = ("its two-way cluster-robust interval (by pair and step) needs purchases in two steps or more; "
+               "run more steps")
+    return [f"{where}delegation.* of a single world: {why}, or more worlds (--worlds 8) for intervals over worlds"]
 
 
 def _row(section, metric, group, dim, stat, samples, level, own=None) -> dict[str, Any]:
@@ -151,10 +187,18 @@ def summarize(runs, pool: bool = True, level: float = 0.95) -> dict[str, Any]:
             notes.append(f"{run.path}: {len(run.manifest['counterfactual_worlds'])} counterfactual twin worlds "
                          f"left out of the replicates")
     shapley = [t.assign(run=str(r.path)) for r in runs if (t := shapley_table(r)) is not None]
-    sweeps = [t.assign(run=str(r.path)) for r in runs if (t := sweep_summary(r, level)) is not None]
+    rows = summarize_metrics(metrics, level) if len(metrics) else pd.DataFrame(columns=COLUMNS)
+    notes += interval_notes(rows, metrics)
+    sweeps = []
+    for run in runs:
+        if (points := sweep_summary(run, level)) is not None:
+            from .sweep import read_sweep
+
+            sweeps.append(points.assign(run=str(run.path)))
+            notes += interval_notes(points, read_sweep(run)[0], f"{run.path}, points of one seed: ")
     return {"runs": [str(r.path) for r in runs], "scenario": names.pop() if len(names) == 1 else None,
             "replicates": int(metrics["replicate"].nunique()) if len(metrics) else 0,
-            "rows": summarize_metrics(metrics, level) if len(metrics) else pd.DataFrame(columns=COLUMNS),
+            "rows": rows,
             "shapley": pd.concat(shapley, ignore_index=True) if shapley else None,
             "sweep": pd.concat(sweeps, ignore_index=True) if sweeps else None, "notes": notes}
 
