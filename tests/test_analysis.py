@@ -113,6 +113,15 @@ def test_pooling_runs_as_seeds(runs):
         summary.summarize([runs["a"], runs["decision"]])
 
 
+
+def test_pooling_a_run_with_its_own_copy_counts_its_worlds_once(runs):
+    """The same scenario, seed and streams give the same worlds: pooled twice they are no more seeds."""
+    one, twice = summary.summarize(runs["a"]), summary.summarize([runs["a"], runs["a"]])
+    assert twice["replicates"] == one["replicates"] == 3
+    assert any("repeat the seed and stream" in note for note in twice["notes"])
+    pd.testing.assert_frame_equal(one["rows"], twice["rows"])
+
+
 def test_decision_metrics_in_the_summary(runs):
     result = summary.summarize(runs["decision"])
     rows = result["rows"]

@@ -50,15 +50,34 @@ COLUMNS = ["section", "metric", "group", "dimension", "stat", "mean", "low", "hi
 SHAPLEY_COLUMNS = ["player", "metric", "window", "value", "se", "ci_low", "ci_high", "share", "rank", "method", "null"]
 
 
-def pooled_metrics(runs) -> pd.DataFrame:
+def pooled_metrics(runs, notes: list[str] | None = None) -> pd.DataFrame:
     """The replicate metrics of ``runs`` (RunViews) with a ``replicate`` column (``run:world``). Runs without
-    a metrics table (a Shapley or sweep directory) contribute nothing."""
-    parts = []
+    a metrics table (a Shapley or sweep directory) contribute nothing.
+
+    A world is a function of the scenario (with its overrides), the seed and its stream: a world of a later
+    run with the same three is a copy of one already pooled, not another seed, and is left out (a note in
+    ``notes`` says which), or the intervals would shrink on repeated numbers."""
+    parts, seen = [], {}
     for i, run in enumerate(runs):
         try:
             metrics = replicate_metrics(run)
         except RunDirError:
             continue
+        streams = run.manifest.get("streams") or []
+        copies = []
+        for world in sorted(metrics["world"].unique()):
+            if world >= len(streams):  # a run log without its streams: nothing to tell copies by
+                continue
+            key = (run.manifest.get("scenario"), tuple(run.manifest.get("overrides") or ()),
+                   run.manifest.get("seed"), streams[world])
+            if key in seen:
+                copies.append((world, seen[key]))
+            else:
+                seen[key] = f"{run.path} world {world}"
+        if copies and notes is not None:
+            notes.append(f"{run.path}: {len(copies)} world(s) repeat the seed and stream of a world already "
+                         f"pooled (world {copies[0][0]} is {copies[0][1]}), left out: a copy is not another seed")
+        metrics = metrics[~metrics["world"].isin([w for w, _ in copies])].copy()
         metrics["replicate"] = f"{i}:" + metrics["world"].astype(str)
         parts.append(metrics)
     if not parts:
@@ -178,8 +197,8 @@ def summarize(runs, pool: bool = True, level: float = 0.95) -> dict[str, Any]:
     if pool and len(names) > 1:
         raise RunDirError(f"runs of different scenarios ({', '.join(sorted(map(str, names)))}) cannot be pooled "
                           "as seeds: analyze them one at a time")
-    metrics = pooled_metrics(runs)
-    notes = []
+    notes: list[str] = []
+    metrics = pooled_metrics(runs, notes)
     for run in runs:
         if run.status != "complete":
             notes.append(f"{run.path}: status {run.status} (the summary is of the steps logged so far)")
