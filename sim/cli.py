@@ -234,11 +234,19 @@ def _main(argv: list[str] | None = None) -> int:
 
 def _validate(args) -> int:
     from .config.build import build_simulation
+    from .core.engine import StepError
     from .config.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides, args.plugin_dirs)
     # builds the network, population and plugins too (files, sizes, profiles, backends), calling no model
-    build_simulation(scenario, worlds=1, measure=False)
+    simulation = build_simulation(scenario, worlds=1, measure=False)
+    try:  # and reads step 0's metrics: one that cannot read this world (it disagrees with a protocol) says so now
+        simulation.observe()
+    except StepError as exc:
+        if exc.where is None:
+            raise
+        field, index = exc.where
+        raise scenario.error(f"{field}[{index}]", str(exc).removeprefix("step 0: ")) from None
     if args.json:
         print(json.dumps(scenario.to_dict(), indent=2))
     else:

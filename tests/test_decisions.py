@@ -157,6 +157,11 @@ def test_domains_given_to_the_trial_metric_must_be_the_protocols(tmp_path, capsy
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "advice_trial.domains [financial] disagrees" in err, err
+    # valuesim validate reads step 0's metrics too: bad input, one line at the metric's entry, exit 2
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(r":\d+ metrics\[\d+\]: metric 'advice_trial' raised ValueError: "
+                                                    r"advice_trial.domains \[financial\] disagrees", err), err
 
 
 def _llm_trial(tmp_path, backend: str, count: int, turns: int, worlds: int = 2, arms=(0, 1, 2)):

@@ -78,7 +78,10 @@ Redraw = Callable[[Streams], tuple[torch.Tensor, AgentParams]]
 
 
 class StepError(Exception):
-    """A plugin raised inside a step; says which plugin and which step."""
+    """A plugin raised inside a step; says which plugin and which step (``where``: its scenario field and
+    index, e.g. ``("metrics", 2)``, when the engine knows it)."""
+
+    where: tuple[str, int] | None = None
 
 
 @dataclass
@@ -478,8 +481,9 @@ class Simulation:
                 out, self.metric_carry[index] = metric.observe(
                     self.state, self.world, self.metric_carry[index], rng)
             except Exception as exc:
-                raise StepError(f"step {self.state.step}: metric {name!r} raised {type(exc).__name__}: {exc}") \
-                    from exc
+                error = StepError(f"step {self.state.step}: metric {name!r} raised {type(exc).__name__}: {exc}")
+                error.where = ("metrics", index)
+                raise error from exc
             readings.extend(out)
         return readings
 
