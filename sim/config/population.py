@@ -100,7 +100,7 @@ def _distinct_streams(rng: Streams) -> tuple[Streams, torch.Tensor | None]:
     unique, inverse = torch.unique(pairs, dim=0, return_inverse=True)
     if unique.shape[0] == rng.b:
         return rng, None
-    return Streams(rng.seed, unique[:, 0], unique[:, 1]), inverse
+    return Streams(rng.seed, unique[:, 0], unique[:, 1]), inverse.cpu()  # it indexes the CPU draws
 
 
 def _zealots(specs: list[GroupSpec], rng: Streams) -> torch.Tensor:
