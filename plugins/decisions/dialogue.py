@@ -20,8 +20,6 @@ character boundary.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from .domains import Domain
