@@ -15,6 +15,7 @@ from typing import Annotated, ClassVar, Literal, Union
 import torch
 
 from sim.contracts import Interval, Network, PluginParams, State, Streams, World
+from sim.core.ops import per_graph
 
 from .pairwise import METRICS, _all
 
@@ -69,12 +70,8 @@ def hk_means_torch(values, shows, active, net: Network, eps, metric: int, chunk_
     With per-world graphs, the worlds of each graph in turn: the same code as a run of those worlds alone.
     """
     if not net.shared:
-        mean = torch.empty_like(values)
-        for worlds, graph in net.by_graph():
-            eps_g = eps if eps.shape[0] == 1 else eps[worlds]
-            mean[worlds] = hk_means_torch(values[worlds], shows[worlds], active[worlds], graph, eps_g, metric,
-                                          chunk_edges)
-        return mean
+        return per_graph(net, lambda graph, v, s, a, e: hk_means_torch(v, s, a, graph, e, metric, chunk_edges),
+                         values, shows, active, eps)[0]
     b, n, k = values.shape
     rows, cols = net.rows(), net.col
     acc = values.double().clone()

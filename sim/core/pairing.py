@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import torch
 
+from .ops import per_graph
 from .rng import Streams
 from .state import Network
 
@@ -126,11 +127,7 @@ def partners(network: Network, focal: torch.Tensor, u: torch.Tensor,
     by the same code as a run of that world alone.
     """
     if not network.shared:
-        partner = torch.empty_like(focal)
-        for worlds, graph in network.by_graph():
-            mask = None if active is None else active[worlds]
-            partner[worlds] = partners(graph, focal[worlds], u[worlds], mask)
-        return partner
+        return per_graph(network, partners, *((focal, u) if active is None else (focal, u, active)))[0]
     if network.col.numel() == 0:
         return torch.full_like(focal, -1)
     edges = network.col.numel()
