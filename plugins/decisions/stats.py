@@ -46,17 +46,12 @@ def mean(x: np.ndarray) -> tuple[float, float, float]:
 
 def mean_t(x: np.ndarray) -> tuple[float, float, float]:
     """The mean with a Student-t 95% interval, for a few replicates (worlds) where a normal quantile would
-    cover too little; the interval is NaN for fewer than two values."""
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size == 0:
-        return (math.nan,) * 3
-    if x.size < 2:
-        return float(x.mean()), math.nan, math.nan
-    from scipy.stats import t
+    cover too little; the interval is NaN for fewer than two values (``valuesim analyze``'s
+    :func:`sim.analysis.stats.mean_interval`)."""
+    from sim.analysis.stats import mean_interval
 
-    half = float(t.ppf(0.975, x.size - 1)) * x.std(ddof=1) / math.sqrt(x.size)
-    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+    estimate, low, high, _, _ = mean_interval(x)
+    return estimate, low, high
 
 
 def slope(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -97,9 +92,9 @@ def _cluster_sums(clusters, *columns: np.ndarray) -> list[np.ndarray]:
 
 
 def _t(df: int) -> float:
-    from scipy.stats import t
+    from sim.analysis.stats import t_quantile
 
-    return float(t.ppf(0.975, df))
+    return t_quantile(df)
 
 
 def cluster_ratio(num, den, clusters) -> tuple[float, float, float, int]:
