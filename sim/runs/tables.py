@@ -163,7 +163,8 @@ def network_table(network) -> pa.Table:
     if network.shared:
         return _edges(network)
     graphs = network.graph.cpu()
-    tables = [_edges(network.graph_at(int(g))) for g in graphs]
+    edges = [_edges(network.graph_at(g)) for g in range(network.graphs)]  # once per graph, not per world
+    tables = [edges[g] for g in graphs.tolist()]
     world = torch.repeat_interleave(torch.arange(graphs.numel(), dtype=torch.int32),
                                     torch.tensor([t.num_rows for t in tables]))
     joined = pa.concat_tables(tables)
@@ -182,7 +183,11 @@ def network_manifest(spec, network) -> dict[str, Any]:
     """The manifest's ``network``: the generator, ``independent`` as asked, whether one graph is shared by every
     world, how many graphs there are and their undirected edges (one number with one graph, else per world)."""
     shared = network.shared
-    edges = network.num_edges if shared else [network.edges_per_graph()[g] for g in network.graph.tolist()]
+    if shared:
+        edges = network.num_edges
+    else:
+        per_graph = network.edges_per_graph()
+        edges = [per_graph[g] for g in network.graph.tolist()]
     out = {"generator": spec.generator, "independent": spec.independent, "shared_by_worlds": shared,
            "graphs": network.graphs, "edges": edges, "directed": False, "file": "network.parquet"}
     if spec.independent:
