@@ -59,6 +59,7 @@ from pydantic import Field, model_validator
 from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World, per_world
 from sim.core.contracts import Strict
 from sim.core.ops import distance
+from sim.core.perworld import per_row
 
 from .dialogue import advisor_messages, client_choice, client_replies, decode, transcript
 from .domains import Domain, load_domain, names_tensor
@@ -400,16 +401,6 @@ class Advice:
         if p.log_dialogues:
             events += _dialogue_events(out, keep, setup, clients.start)
         return events
-
-
-def per_row(fn, x: torch.Tensor) -> torch.Tensor:
-    """``fn`` (an elementwise transcendental: sigmoid, logit, log) applied world by world.
-
-    torch's CPU kernels run vectorised over most of a tensor and scalar over its tail, and the two paths
-    may differ in the last bit, so where an element falls depends on how many worlds are in the batch.
-    One row per world gives every world the layout it has alone: world b stays its single-world run.
-    """
-    return torch.stack([fn(row) for row in x.reshape(x.shape[0], -1)]).reshape(x.shape)
 
 
 _BIAS_OF = torch.tensor([bias_index(name) for name in ALL_TACTICS])  # tactic id -> bias column

@@ -48,8 +48,7 @@ import torch
 from pydantic import Field
 
 from sim.contracts import Interval, PluginParams, ProtocolOutput, State, Streams, World, per_world
-
-from .advice import per_row
+from sim.core.perworld import per_row
 
 Unit = Annotated[float, Interval(ge=0, le=1)]
 

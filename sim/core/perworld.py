@@ -13,7 +13,8 @@ protocol's ``params`` hold, for each varied field, a ``[B]`` float64 tensor (a m
 them) in place of the number; the protocol reads every such field through :func:`per_world`, which
 gives ``[B]`` whichever it holds, so one code path serves a single run and a varied batch and world b
 computes exactly what the single-world run with world b's values computes (a number and a float64
-tensor element give the same float64 arithmetic).
+tensor element give the same float64 arithmetic). A transcendental applied to a ``[B, ...]`` tensor goes
+through :func:`per_row`, so that it too rounds in world b as it does in a batch of world b alone.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ def per_world(value: Any, world) -> torch.Tensor:
     if torch.is_tensor(value):
         return value.to(device=world.device, dtype=torch.float64)
     return torch.full((world.b,), float(value), dtype=torch.float64, device=world.device)
+
+
+def per_row(fn, x: torch.Tensor) -> torch.Tensor:
+    """``fn`` (an elementwise transcendental: sigmoid, logit, log) applied world by world.
+
+    torch's CPU kernels run vectorised over most of a tensor and scalar over its tail, and the two paths
+    may differ in the last bit, so where an element falls depends on how many worlds are in the batch.
+    One row per world gives every world the layout it has alone: world b stays its single-world run.
+    """
+    return torch.stack([fn(row) for row in x.reshape(x.shape[0], -1)]).reshape(x.shape)
 
 
 def varied(plugin: Any, label: str, overrides: list[dict[str, Any]], world) -> Any:
