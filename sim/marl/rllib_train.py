@@ -105,6 +105,7 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
     from .spaces import from_symmetric
     from .train import evaluate, random_actor, record_complete, record_stopped
     from ..runs.runlog import atomic_write_bytes
+    from ..shapley.executors import ray_cluster
 
     ray = require("ray")
     settings = record["settings"]
@@ -119,9 +120,7 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
     started, a = time.perf_counter(), vector.agents_per_world
     done_steps = 0
     algo = None
-    # where it trained, for train.json: the GCS address of the instance (RAY_ADDRESS's cluster, or a local one)
-    record["ray"] = {"address": ray.get_runtime_context().gcs_address, "local": started_ray and not address,
-                     "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+    record["ray"] = ray_cluster(ray, started_ray and not address)  # where it trained, for train.json
     try:
         algo = _config(scenario, vector, settings, p).build_algo()
         if resume_from is not None:

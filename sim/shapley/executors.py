@@ -52,9 +52,7 @@ class RayExecutor:
             kwargs = {"address": address} if address else {"num_cpus": num_cpus, "include_dashboard": False}
             ray.init(ignore_reinit_error=True, log_to_driver=False, **kwargs)
             started_local = not address
-        # where the chunks ran, for the manifest: the GCS address of RAY_ADDRESS's cluster or of a local instance
-        self.cluster = {"address": ray.get_runtime_context().gcs_address, "local": started_local,
-                        "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+        self.cluster = ray_cluster(ray, started_local)  # where the chunks ran, for the manifest
         self._remote: dict[Callable, Any] = {}
 
     def map(self, fn, tasks):
@@ -64,6 +62,14 @@ class RayExecutor:
         refs = [remote.remote(*task) for task in tasks]
         for ref in refs:
             yield self.ray.get(ref)
+
+
+def ray_cluster(ray, local: bool) -> dict[str, Any]:
+    """Where work runs, for a manifest or ``train.json``: the GCS address of the connected Ray instance
+    (``RAY_ADDRESS``'s cluster or a local one), whether it is a local one this process started, and the
+    number of its nodes alive."""
+    return {"address": ray.get_runtime_context().gcs_address, "local": local,
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
 
 
 def get_executor(name: str | Executor | None) -> Executor:
