@@ -210,11 +210,13 @@ def summarize(runs, pool: bool = True, level: float = 0.95) -> dict[str, Any]:
     notes += interval_notes(rows, metrics)
     sweeps = []
     for run in runs:
-        if (points := sweep_summary(run, level)) is not None:
+        if (run.path / "sweep.parquet").is_file():
             from .sweep import read_sweep
 
+            table, keys = read_sweep(run)  # read once: for the points and for their notes
+            points = sweep_summary(table, keys, level)
             sweeps.append(points.assign(run=str(run.path)))
-            notes += interval_notes(points, read_sweep(run)[0], f"{run.path}, points of one seed: ")
+            notes += interval_notes(points, table, f"{run.path}, points of one seed: ")
     return {"runs": [str(r.path) for r in runs], "scenario": names.pop() if len(names) == 1 else None,
             "replicates": int(metrics["replicate"].nunique()) if len(metrics) else 0,
             "rows": rows,
@@ -222,14 +224,9 @@ def summarize(runs, pool: bool = True, level: float = 0.95) -> dict[str, Any]:
             "sweep": pd.concat(sweeps, ignore_index=True) if sweeps else None, "notes": notes}
 
 
-def sweep_summary(run, level: float = 0.95) -> pd.DataFrame | None:
-    """For a sweep directory, the summary rows of every grid point (its seeds the replicates), each row
-    led by ``point`` and the point's key values; None for any other run."""
-    if not (run.path / "sweep.parquet").is_file():
-        return None
-    from .sweep import read_sweep
-
-    table, keys = read_sweep(run)
+def sweep_summary(table: pd.DataFrame, keys: list[str], level: float = 0.95) -> pd.DataFrame:
+    """For a sweep's table and grid keys (:func:`sim.analysis.sweep.read_sweep`), the summary rows of every
+    grid point (its seeds the replicates), each row led by ``point`` and the point's key values."""
     parts = []
     for point, rows in table.groupby("point", sort=True):
         part = summarize_metrics(rows.rename(columns={"seed": "world"}), level)
