@@ -225,12 +225,12 @@ class Simulation:
         return self._spaces[protocol_name]
 
     def _express(self, rng: Streams) -> torch.Tensor:
-        if bool(self.world.honest.all()) and not self._actions_for("express"):
+        given = self._actions_for("express")
+        if bool(self.world.honest.all()) and not given:
             return self.state.values
         # Start from the values (what honest agents show) and write in the groups that show anything else:
         # one copy, not a concatenation of every group's slice.
         expressed = self.state.values.clone()
-        given = self._actions_for("express")
         for group in self.world.groups:
             if group.name in given or not bool(self.world.honest[:, group.rows].all()):
                 expressed[:, group.rows] = self._group_expression(group, rng)
