@@ -284,6 +284,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="B = 16 only, 0.5 s per throughput cell")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, f"{parser.prog}: error: --device {args.device}: this torch build sees no CUDA device "
+                       "(the README says how to install a CUDA build)\n")
     if args.quick:
         args.worlds, args.ppo_worlds, args.seconds = "16", "16", 0.5
     scenario = _scenario(args.agents)
