@@ -39,14 +39,19 @@ def policy_spec(vector, algo: str) -> dict:
 
 def save_policy(model, spec: dict, directory: Path) -> Path:
     """Write ``policy.zip`` (the model) and ``policy.json`` (``spec``) into ``directory``, each atomically."""
-    from ..runs.runlog import atomic_write_bytes
-
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / ".policy.tmp.zip"
     model.save(str(tmp))
     tmp.replace(directory / POLICY_FILE)
-    atomic_write_bytes(directory / SPEC_FILE, json.dumps(spec, indent=2).encode())
+    write_spec(directory, spec)
     return directory / POLICY_FILE
+
+
+def write_spec(directory: Path, spec: dict) -> None:
+    """Write ``policy.json`` (what a scenario's ``trained:`` policy reads back) into ``directory``, atomically."""
+    from ..runs.runlog import atomic_write_bytes
+
+    atomic_write_bytes(directory / SPEC_FILE, json.dumps(spec, indent=2).encode())
 
 
 class LoadedPolicy:

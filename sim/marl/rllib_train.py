@@ -101,10 +101,9 @@ def _config(scenario, vector, settings: dict, p: dict):
 
 def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
     """Train (or go on from ``resume_from``) and write the run directory (``sim.marl.train``)."""
-    from .policy import policy_spec
+    from .policy import policy_spec, write_spec
     from .spaces import from_symmetric
-    from .train import evaluate, random_actor, record_complete, record_stopped
-    from ..runs.runlog import atomic_write_bytes
+    from .train import evaluate, final_returns, record_complete, record_stopped
     from ..shapley.executors import ray_cluster
 
     ray = require("ray")
@@ -144,10 +143,9 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
             if done_steps // settings["checkpoint_every"] > before // settings["checkpoint_every"]:
                 algo.save_to_path(str((path / "checkpoints" / f"policy_{done_steps}_steps").resolve()))
         module.save_to_path(str((path / POLICY_DIR).resolve()))
-        spec = {**policy_spec(vector, settings["algo"]), "backend": "rllib", "file": POLICY_DIR, "symmetric": True}
-        atomic_write_bytes(path / "policy.json", json.dumps(spec, indent=2).encode())
-        trained = evaluate(scenario, actor_fn, settings)
-        random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
+        write_spec(path, {**policy_spec(vector, settings["algo"]), "backend": "rllib", "file": POLICY_DIR,
+                          "symmetric": True})
+        trained, random = final_returns(scenario, actor_fn, vector, settings)
     except BaseException as exc:
         record_stopped(path, record, exc)
         raise

@@ -126,9 +126,8 @@ def run(path: Path, scenario, vector, record: dict, resume_from: Path | None, pr
 
 
 def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, progress_bar: bool) -> Path:
-    from .policy import policy_spec
-    from .train import _has, evaluate, random_actor, record_complete, record_stopped
-    from ..runs.runlog import atomic_write_bytes
+    from .policy import policy_spec, write_spec
+    from .train import _has, evaluate, final_returns, record_complete, record_stopped
 
     settings = record["settings"]
     p = _settings(vector, settings["algo_params"])
@@ -228,10 +227,9 @@ def _run(path: Path, scenario, vector, record: dict, resume_from: Path | None, p
                     "action_dim": action_dim, "low": env.action_low, "high": env.action_high,
                     "hidden": list(p["hidden"])}, str(tmp))
         tmp.replace(path / POLICY_FILE)
-        spec = {**policy_spec(vector, settings["algo"]), "backend": "torchrl", "file": POLICY_FILE, "symmetric": False}
-        atomic_write_bytes(path / "policy.json", json.dumps(spec, indent=2).encode())
-        trained = evaluate(scenario, actor_fn, settings)
-        random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
+        write_spec(path, {**policy_spec(vector, settings["algo"]), "backend": "torchrl", "file": POLICY_FILE,
+                          "symmetric": False})
+        trained, random = final_returns(scenario, actor_fn, vector, settings)
     except BaseException as exc:
         record_stopped(path, record, exc)
         raise

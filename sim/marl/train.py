@@ -144,13 +144,18 @@ def _run(path: Path, scenario: Scenario, vector: VectorEnv, record: dict, resume
                     progress_bar=progress_bar and _has("tqdm") and _has("rich"),
                     reset_num_timesteps=resume_from is None, tb_log_name=settings["algo"])
         save_policy(model, policy_spec(vector, settings["algo"]), path)
-        trained = evaluate(scenario, _model_actor(model, vector.action_space), settings)
-        random = evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings)
+        trained, random = final_returns(scenario, _model_actor(model, vector.action_space), vector, settings)
     except BaseException as exc:
         record_stopped(path, record, exc)
         raise
     record_complete(path, record, started, int(model.num_timesteps), trained, random, settings, vector)
     return path
+
+
+def final_returns(scenario: Scenario, actor, vector, settings: dict) -> tuple[float, float]:
+    """The trained ``actor``'s evaluation return and a random actor's, for ``train.json``."""
+    return (evaluate(scenario, actor, settings),
+            evaluate(scenario, random_actor(vector.action_space, settings["seed"]), settings))
 
 
 def evaluate(scenario: Scenario, actor, settings: dict) -> float:
