@@ -199,18 +199,28 @@ def test_sb3_ppo_beats_the_random_policy(trained):
         "express"
 
 
-def test_a_trained_policy_round_trips_through_a_scenario(trained, tmp_path):
+def _replayed_in_a_scenario(named: Path, trained_dir: Path):
+    """``train_influencer`` with the influencer acting by the policy named ``named``: five steps in which it
+    expresses exactly what the loaded policy (``trained_dir``) acts. Returns the scenario, the policy and the
+    group."""
     from sim.marl.policy import load_policy
 
     text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
-        "    rl:\n", f"    policy: {{trained: {{path: {trained / 'policy.zip'}}}}}\n    rl:\n")
+        "    rl:\n", f"    policy: {{trained: {{path: {named}}}}}\n    rl:\n")
     scenario = scenario_from_yaml(text)
     simulation = sim.build(scenario, worlds=3)
-    policy, group = load_policy(trained), simulation.world.group("influencer")
+    policy, group = load_policy(trained_dir), simulation.world.group("influencer")
     for _ in range(5):
         expected = policy.act(simulation.state, simulation.world, group)
         simulation.step()
-        assert torch.equal(simulation.state.expressed[:, group.rows], expected)
+        assert torch.equal(simulation.state.expressed[:, group.rows], expected.to(simulation.state.values.dtype))
+    return scenario, policy, group
+
+
+def test_a_trained_policy_round_trips_through_a_scenario(trained, tmp_path):
+    from sim.marl.policy import load_policy
+
+    scenario, policy, group = _replayed_in_a_scenario(trained / "policy.zip", trained)
     # the same actions the training environment's actor takes on the same observations
     env = VectorEnv(scenario, worlds=3)
     obs = env.reset()
@@ -331,21 +341,12 @@ def test_torchrl_ppo_beats_the_random_policy(trained_torchrl):
 
 
 def test_a_torchrl_policy_round_trips_through_a_scenario(trained_torchrl, tmp_path):
-    from sim.marl.policy import load_policy
     from sim.marl.train import evaluate
     from sim.marl.torchrl_train import act
 
     spec = json.loads((trained_torchrl / "policy.json").read_text())
     assert spec["backend"] == "torchrl" and (trained_torchrl / "policy.pt").is_file()
-    text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
-        "    rl:\n", f"    policy: {{trained: {{path: {trained_torchrl}}}}}\n    rl:\n")
-    scenario = scenario_from_yaml(text)
-    simulation = sim.build(scenario, worlds=3)
-    policy, group = load_policy(trained_torchrl), simulation.world.group("influencer")
-    for _ in range(5):
-        expected = policy.act(simulation.state, simulation.world, group)
-        simulation.step()
-        assert torch.equal(simulation.state.expressed[:, group.rows], expected.to(simulation.state.values.dtype))
+    scenario, policy, _ = _replayed_in_a_scenario(trained_torchrl, trained_torchrl)
     # the loaded actor is the evaluated one: the same return as train.json recorded
     record = json.loads((trained_torchrl / "train.json").read_text())
     value = evaluate(scenario, lambda obs: act(policy.model.actor, obs), record["settings"])
@@ -451,20 +452,11 @@ def test_rllib_ppo_trains_a_few_iterations_and_beats_the_random_policy(trained_r
 
 
 def test_an_rllib_policy_round_trips_through_a_scenario(trained_rllib, tmp_path):
-    from sim.marl.policy import load_policy
     from sim.marl.rllib_train import _mean_action
     from sim.marl.spaces import from_symmetric
     from sim.marl.train import evaluate
 
-    text = (SCENARIOS / "train_influencer.yaml").read_text().replace(
-        "    rl:\n", f"    policy: {{trained: {{path: {trained_rllib}}}}}\n    rl:\n")
-    scenario = scenario_from_yaml(text)
-    simulation = sim.build(scenario, worlds=3)
-    policy, group = load_policy(trained_rllib), simulation.world.group("influencer")
-    for _ in range(5):
-        expected = policy.act(simulation.state, simulation.world, group)
-        simulation.step()
-        assert torch.equal(simulation.state.expressed[:, group.rows], expected.to(simulation.state.values.dtype))
+    scenario, policy, _ = _replayed_in_a_scenario(trained_rllib, trained_rllib)
     record = json.loads((trained_rllib / "train.json").read_text())
     value = evaluate(scenario, lambda obs: from_symmetric(_mean_action(policy.model.module, obs, (2,)),
                                                           policy.action_space), record["settings"])
